@@ -1,0 +1,34 @@
+"""Times the search step, each configuration in a fresh process; prints JSON lines.
+
+  python bin/benchmark.py                       # paper and small configs, both orders
+  python bin/benchmark.py --configs=small --orders=fused --steps=3
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # pylint: disable=g-import-not-at-top
+
+from milenas_tf import benchmarks
+from milenas_tf import cli
+
+_CONFIGS = flags.DEFINE_list("configs", ["small", "paper"],
+                             f"Configurations: {', '.join(benchmarks.SEARCH_CONFIGS)}.")
+_METHODS = flags.DEFINE_list("methods", ["milenas"], "Search methods.")
+_ORDERS = flags.DEFINE_list("orders", ["reference", "fused"], "Update orders.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after the first one.")
+
+
+def main(argv):
+  cli.check_no_arguments(argv)
+  jobs = benchmarks.search_jobs(_CONFIGS.value, _METHODS.value, _ORDERS.value,
+                                _STEPS.value)
+  for result in benchmarks.run(jobs):
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+  cli.run(main)

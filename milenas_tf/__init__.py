@@ -1,0 +1,1 @@
+"""MiLeNAS in TensorFlow 2 / Keras 3."""

@@ -1,0 +1,143 @@
+"""Speed and memory benchmarks, each configuration in a fresh process.
+
+`run(...)` spawns one child Python process per (configuration, method, order),
+so that time to first step (graph construction, tracing, first execution) and
+peak memory are those a user sees, and prints one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Iterable, Iterator
+
+from milenas_tf import update_rules
+from milenas_tf.errors import UserInputError
+
+SEARCH_CONFIGS = {
+    # name: (num_cells, init_channels, batch_size, image size, channels)
+    "paper": dict(num_cells=8, init_channels=16, batch_size=64, image_size=32, channels=3),
+    "small": dict(num_cells=5, init_channels=8, batch_size=32, image_size=32, channels=3),
+}
+
+
+def _peak_memory_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def search_step(config: str, method: str = "milenas", order: str = "reference",
+                steps: int = 5, grappler: bool = True, inter_op_threads: int = 0,
+                **overrides) -> dict:
+  """Times the search step of one configuration in this process.
+
+  Args:
+    config: a key of `SEARCH_CONFIGS`.
+    method: search method.
+    order: "reference" or "fused".
+    steps: timed steps after the first one.
+    grappler: run TensorFlow's graph optimiser.
+    inter_op_threads: TensorFlow inter-op threads (0: its default).
+    **overrides: changes to the configuration.
+
+  Returns:
+    A JSON-friendly dict of the measured figures.
+  """
+  start = time.perf_counter()
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from milenas_tf import search  # pylint: disable=g-import-not-at-top
+
+  tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": not grappler})
+  tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
+  spec = {**SEARCH_CONFIGS[config], **overrides}
+  shape = (spec["image_size"], spec["image_size"], spec["channels"])
+  tf.keras.utils.set_random_seed(0)
+  x = tf.random.normal((spec["batch_size"],) + shape)
+  y = tf.random.uniform((spec["batch_size"],), 0, 10, tf.int32)
+  batch = ((x, y), (x + 0.5, y))
+  imported = time.perf_counter()
+  model = search.build_search_model(
+      num_classes=10, input_shape=shape, init_channels=spec["init_channels"],
+      num_cells=spec["num_cells"], method=method, order=order, epochs=50,
+      steps_per_epoch=100)
+  model.make_train_function()
+  train_function = model.train_function
+  data = tf.data.Dataset.from_tensors(batch).repeat()
+  iterator = iter(data)
+
+  def one_step():
+    logs = train_function(iterator)
+    return float(logs["loss"])
+
+  t0 = time.perf_counter()
+  one_step()
+  first_done = time.perf_counter()
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    one_step()
+    times.append(time.perf_counter() - t)
+  step = statistics.median(times)
+  return {
+      "benchmark": "search_step", "config": config, "method": method, "order": order,
+      **spec, "grappler": grappler, "inter_op_threads": inter_op_threads,
+      "import_s": round(imported - start, 2),
+      "build_s": round(t0 - imported, 2),
+      "first_step_s": round(first_done - imported, 2),
+      "first_call_s": round(first_done - t0, 2),
+      "step_s": round(step, 3),
+      "images_per_s": round(spec["batch_size"] / step, 2),
+      "peak_memory_mb": round(_peak_memory_mb(), 1),
+  }
+
+
+def search_jobs(configs: Iterable[str], methods: Iterable[str], orders: Iterable[str],
+                steps: int) -> list[dict]:
+  """The jobs of `run` for every combination, validated before anything runs.
+
+  Raises:
+    UserInputError: for an unknown configuration, method or order.
+  """
+  configs, methods, orders = list(configs), list(methods), list(orders)
+  for name in configs:
+    if name not in SEARCH_CONFIGS:
+      raise UserInputError(f"Unknown benchmark configuration {name!r}; choose one of "
+                           f"{', '.join(SEARCH_CONFIGS)}.")
+  for method in methods:
+    update_rules.get_rule(method)
+  for order in orders:
+    update_rules.check_order(order)
+  if steps < 1:
+    raise UserInputError(f"steps must be positive, got {steps}.")
+  return [dict(config=c, method=m, order=o, steps=steps)
+          for c in configs for m in methods for o in orders]
+
+
+def _child_main() -> None:
+  kwargs = json.loads(sys.argv[1])
+  print(json.dumps(search_step(**kwargs)), flush=True)
+
+
+def run(jobs: Iterable[dict], timeout_s: float = 1800) -> Iterator[dict]:
+  """Runs each job (kwargs of `search_step`) in a fresh process.
+
+  Yields:
+    The result dict of each job, or a dict with an "error" key.
+  """
+  for job in jobs:
+    code = "from milenas_tf import benchmarks; benchmarks._child_main()"
+    try:
+      proc = subprocess.run([sys.executable, "-c", code, json.dumps(job)],
+                            capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+      yield {**job, "error": f"timed out after {timeout_s} s"}
+      continue
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    if proc.returncode or not lines:
+      tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+      yield {**job, "error": f"exit {proc.returncode}: {tail[0]}"}
+    else:
+      yield json.loads(lines[-1])

@@ -1,0 +1,120 @@
+"""Keras callbacks of the search: resumable checkpoints and architecture logging."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from milenas_tf import genotypes
+
+
+def write_json_atomic(path: str, data: dict) -> None:
+  """Writes JSON through a temporary file, so a crash never leaves half a file."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(data, f, indent=1)
+  os.replace(tmp, path)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+  """Saves everything a resumed run needs at the end of every epoch.
+
+  The weights file holds the network (w, alpha, BN statistics) and both
+  optimisers' state (iterations, and so the learning-rate schedule, momentum and
+  Adam moments); `state.json` holds the last finished epoch. Both are replaced
+  atomically.
+
+  Args:
+    directory: where `ckpt.weights.h5` and `state.json` live.
+  """
+
+  WEIGHTS = "ckpt.weights.h5"
+  STATE = "state.json"
+
+  def __init__(self, directory: str):
+    super().__init__()
+    self.directory = directory
+
+  @classmethod
+  def finished_epochs(cls, directory: str) -> int:
+    """Epochs recorded by the checkpoint in `directory` (0 without one)."""
+    try:
+      with open(os.path.join(directory, cls.STATE)) as f:
+        return int(json.load(f)["epochs_done"])
+    except FileNotFoundError:
+      return 0
+
+  @classmethod
+  def restore(cls, model: keras.Model, directory: str) -> int:
+    """Loads the checkpoint into a built model; returns the finished epochs."""
+    done = cls.finished_epochs(directory)
+    if done:
+      model.load_weights(os.path.join(directory, cls.WEIGHTS))
+    return done
+
+  def on_epoch_end(self, epoch, logs=None):
+    os.makedirs(self.directory, exist_ok=True)
+    path = os.path.join(self.directory, self.WEIGHTS)
+    tmp = os.path.join(self.directory, "tmp." + self.WEIGHTS)
+    self.model.save_weights(tmp)
+    os.replace(tmp, path)
+    write_json_atomic(os.path.join(self.directory, self.STATE), {"epochs_done": epoch + 1})
+
+
+def alpha_image(alphas: np.ndarray, scale: int = 12) -> np.ndarray:
+  """softmax(alpha) as a (1, 14*scale, 8*scale, 1) grey image: rows edges, columns ops."""
+  e = np.exp(alphas - alphas.max(axis=-1, keepdims=True))
+  weights = e / e.sum(axis=-1, keepdims=True)
+  return np.kron(weights, np.ones((scale, scale)))[None, :, :, None].astype(np.float32)
+
+
+def last_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
+  """The learning rate of the optimiser's last step (its schedule at iterations - 1)."""
+  schedule = optimizer._learning_rate  # pylint: disable=protected-access
+  if callable(schedule):
+    return float(schedule(max(int(optimizer.iterations) - 1, 0)))
+  return float(optimizer.learning_rate)
+
+
+class ArchitectureLogger(keras.callbacks.Callback):
+  """Writes the derived genotype and alpha after every epoch.
+
+  Files: `genotype.json` (latest, with its epoch) and `genotypes/epoch_NNN.json`.
+  TensorBoard (the `train` writer of `log_dir`): softmax(alpha) per edge as
+  images, the alpha table and the genotype as text, both learning rates.
+
+  Args:
+    output_dir: the run's output directory.
+    log_dir: TensorBoard directory.
+  """
+
+  def __init__(self, output_dir: str, log_dir: str):
+    super().__init__()
+    self.output_dir = output_dir
+    self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "architecture"))
+
+  def on_epoch_end(self, epoch, logs=None):
+    network = self.model.network
+    genotype = network.genotype()
+    metadata = {"epoch": epoch + 1}
+    genotypes.save_genotype(genotype, os.path.join(self.output_dir, "genotype.json"),
+                            metadata=metadata)
+    genotypes.save_genotype(
+        genotype, os.path.join(self.output_dir, "genotypes", f"epoch_{epoch + 1:03d}.json"),
+        metadata=metadata)
+    step = epoch + 1
+    with self.writer.as_default():
+      for name, alphas in (("normal", network.alphas_normal), ("reduce", network.alphas_reduce)):
+        values = alphas.numpy()
+        tf.summary.image(f"alpha_softmax/{name}", alpha_image(values), step=step)
+        tf.summary.text(f"alpha_softmax_table/{name}",
+                        "```\n" + genotypes.alpha_weights_table(values) + "\n```", step=step)
+      tf.summary.text("genotype", str(genotype), step=step)
+      for name, optimizer in (("weights", self.model.optimizer),
+                              ("alpha", self.model.arch_optimizer)):
+        tf.summary.scalar(f"learning_rate/{name}", last_learning_rate(optimizer), step=step)
+    self.writer.flush()

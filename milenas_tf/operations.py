@@ -1,0 +1,389 @@
+"""The eight primitive operations of the DARTS search space, as Keras layers.
+
+Each layer computes exactly the function of the reference (PyTorch) implementation
+for identical weights and inputs: bias-free convolutions with symmetric, explicit
+padding; average pooling that excludes the padding from its count; batch norm with
+epsilon 1e-5 and momentum 0.1 in PyTorch's convention (0.9 in Keras's). TensorFlow's
+`padding="same"` pads stride-2 windows asymmetrically and so computes a different
+function; it is never used at stride 2 here.
+
+Reference: He et al., "MiLeNAS: Efficient Neural Architecture Search via Mixed-Level
+Reformulation", CVPR 2020, supplementary Section A.1; Liu et al., "DARTS", ICLR 2019.
+"""
+
+from __future__ import annotations
+
+import math
+import keras
+import tensorflow as tf
+
+from milenas_tf import genotypes
+from milenas_tf.errors import UserInputError
+
+BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9  # Keras convention; PyTorch's momentum=0.1.
+
+
+def torch_uniform(fan_in: int) -> keras.initializers.Initializer:
+  """PyTorch's default convolution/linear initialiser: U(-1/sqrt(fan_in), +)."""
+  bound = 1.0 / math.sqrt(fan_in)
+  return keras.initializers.RandomUniform(-bound, bound)
+
+
+def depthwise_conv(x: tf.Tensor, kernel: tf.Tensor, strides: int, padding: int,
+                   dilation: int = 1) -> tf.Tensor:
+  """Depthwise convolution with symmetric explicit padding, as PyTorch computes it.
+
+  TensorFlow refuses a stride above 1 together with a dilation above 1; the
+  function is then computed as the stride-1 dilated convolution, subsampled.
+
+  Args:
+    x: NHWC input.
+    kernel: `(k, k, C, multiplier)` depthwise kernel.
+    strides: spatial stride.
+    padding: zero padding on every side.
+    dilation: dilation rate.
+
+  Returns:
+    NHWC output with `C * multiplier` channels (channel-major, as TF orders them).
+  """
+  pads = [[0, 0], [padding, padding], [padding, padding], [0, 0]]
+  if strides > 1 and dilation > 1:
+    y = tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], pads,
+                               dilations=[dilation, dilation])
+    return y[:, ::strides, ::strides, :]
+  return tf.nn.depthwise_conv2d(x, kernel, [1, strides, strides, 1], pads,
+                                dilations=[dilation, dilation])
+
+
+def pointwise_conv(x: tf.Tensor, kernel: tf.Tensor, strides: int = 1) -> tf.Tensor:
+  """1x1 convolution with a `(C_in, C_out)` kernel."""
+  return tf.nn.conv2d(x, kernel[None, None], [1, strides, strides, 1], "VALID")
+
+
+def max_pool(x: tf.Tensor, strides: int) -> tf.Tensor:
+  """3x3 max pooling, padding 1 (padded cells never win)."""
+  return tf.nn.max_pool2d(x, 3, strides, [[0, 0], [1, 1], [1, 1], [0, 0]])
+
+
+def avg_pool(x: tf.Tensor, strides: int) -> tf.Tensor:
+  """3x3 average pooling, padding 1, padded cells excluded from the count.
+
+  At stride 1, TF's "SAME" pads one cell on each side and already excludes the
+  padding; the stride-2 output at i is the stride-1 output at 2i.
+  """
+  y = tf.nn.avg_pool2d(x, 3, 1, "SAME")
+  return y[:, ::strides, ::strides, :] if strides > 1 else y
+
+
+def batch_norm(x: tf.Tensor, moving_mean: keras.Variable,
+               moving_variance: keras.Variable, training: bool,
+               gamma: keras.Variable | None = None,
+               beta: keras.Variable | None = None) -> tf.Tensor:
+  """Fused batch norm over the last axis of an NHWC tensor.
+
+  In training, normalises with the batch statistics and moves the running
+  statistics towards them (with the unbiased batch variance, as PyTorch does),
+  the moving average computed inside the fused op.
+
+  Args:
+    x: NHWC tensor.
+    moving_mean: running mean variable, shape `(C,)`.
+    moving_variance: running variance variable, shape `(C,)`.
+    training: use and update batch statistics.
+    gamma: optional scale; ones when absent (an affine-free batch norm).
+    beta: optional offset; zeros when absent.
+
+  Returns:
+    The normalised tensor, of the dtype of `x`.
+  """
+  channels = x.shape[-1]
+  scale = tf.ones([channels], tf.float32) if gamma is None else tf.cast(gamma, tf.float32)
+  offset = tf.zeros([channels], tf.float32) if beta is None else tf.cast(beta, tf.float32)
+  y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+      x=x, scale=scale, offset=offset, mean=tf.convert_to_tensor(moving_mean),
+      variance=tf.convert_to_tensor(moving_variance), epsilon=BN_EPSILON,
+      exponential_avg_factor=1.0 - BN_MOMENTUM if training else 1.0,
+      is_training=training)
+  if training:
+    moving_mean.assign(mean)
+    moving_variance.assign(variance)
+  return y
+
+
+class BatchNorm(keras.layers.Layer):
+  """Batch norm with PyTorch's epsilon and momentum; optionally without affine terms.
+
+  Args:
+    affine: learn a scale and an offset.
+  """
+
+  def __init__(self, affine: bool = True, **kwargs):
+    super().__init__(**kwargs)
+    self.affine = affine
+
+  def build(self, input_shape):
+    channels = input_shape[-1]
+    self.gamma = self.beta = None
+    if self.affine:
+      self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma",
+                                   autocast=False)
+      self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta",
+                                  autocast=False)
+    self.moving_mean = self.add_weight(shape=(channels,), initializer="zeros",
+                                       trainable=False, name="moving_mean",
+                                       autocast=False)
+    self.moving_variance = self.add_weight(shape=(channels,), initializer="ones",
+                                           trainable=False, name="moving_variance",
+                                           autocast=False)
+
+  def call(self, x, training=False):
+    return batch_norm(x, self.moving_mean, self.moving_variance, training,
+                      self.gamma, self.beta)
+
+  def get_config(self):
+    return {**super().get_config(), "affine": self.affine}
+
+
+class ReLUConvBN(keras.layers.Layer):
+  """ReLU -> k x k convolution -> batch norm.
+
+  Args:
+    filters: output channels.
+    kernel_size: convolution size.
+    strides: convolution stride.
+    padding: symmetric zero padding.
+    affine: affine batch norm.
+  """
+
+  def __init__(self, filters: int, kernel_size: int = 1, strides: int = 1,
+               padding: int = 0, affine: bool = True, **kwargs):
+    super().__init__(**kwargs)
+    self.filters, self.kernel_size = filters, kernel_size
+    self.strides, self.padding, self.affine = strides, padding, affine
+
+  def build(self, input_shape):
+    c_in, k = input_shape[-1], self.kernel_size
+    self.kernel = self.add_weight(shape=(k, k, c_in, self.filters),
+                                  initializer=torch_uniform(c_in * k * k), name="kernel")
+    self.bn = BatchNorm(self.affine, name="bn")
+    self.bn.build(input_shape[:-1] + (self.filters,))
+
+  def call(self, x, training=False):
+    p = self.padding
+    y = tf.nn.conv2d(tf.nn.relu(x), self.kernel, self.strides,
+                     [[0, 0], [p, p], [p, p], [0, 0]])
+    return self.bn(y, training=training)
+
+  def get_config(self):
+    return {**super().get_config(), "filters": self.filters,
+            "kernel_size": self.kernel_size, "strides": self.strides,
+            "padding": self.padding, "affine": self.affine}
+
+
+class DilConv(keras.layers.Layer):
+  """ReLU -> depthwise k x k (dilated, strided) -> 1x1 conv -> batch norm.
+
+  Args:
+    filters: output channels.
+    kernel_size: depthwise kernel size.
+    strides: depthwise stride.
+    padding: symmetric zero padding of the depthwise conv.
+    dilation: depthwise dilation.
+    affine: affine batch norm.
+  """
+
+  def __init__(self, filters: int, kernel_size: int, strides: int, padding: int,
+               dilation: int = 1, affine: bool = True, **kwargs):
+    super().__init__(**kwargs)
+    self.filters, self.kernel_size, self.strides = filters, kernel_size, strides
+    self.padding, self.dilation, self.affine = padding, dilation, affine
+
+  def build(self, input_shape):
+    c_in, k = input_shape[-1], self.kernel_size
+    self.depthwise = self.add_weight(shape=(k, k, c_in, 1),
+                                     initializer=torch_uniform(k * k), name="depthwise")
+    self.pointwise = self.add_weight(shape=(c_in, self.filters),
+                                     initializer=torch_uniform(c_in), name="pointwise")
+    self.bn = BatchNorm(self.affine, name="bn")
+    self.bn.build(input_shape[:-1] + (self.filters,))
+
+  def call(self, x, training=False):
+    y = depthwise_conv(tf.nn.relu(x), self.depthwise, self.strides, self.padding,
+                       self.dilation)
+    return self.bn(pointwise_conv(y, self.pointwise), training=training)
+
+  def get_config(self):
+    return {**super().get_config(), "filters": self.filters,
+            "kernel_size": self.kernel_size, "strides": self.strides,
+            "padding": self.padding, "dilation": self.dilation, "affine": self.affine}
+
+
+class SepConv(keras.layers.Layer):
+  """Two stacked `DilConv`s without dilation; only the first is strided.
+
+  Args:
+    filters: output channels (the first half keeps the input channels).
+    kernel_size: depthwise kernel size.
+    strides: stride of the first depthwise conv.
+    padding: symmetric zero padding of both depthwise convs.
+    affine: affine batch norms.
+  """
+
+  def __init__(self, filters: int, kernel_size: int, strides: int, padding: int,
+               affine: bool = True, **kwargs):
+    super().__init__(**kwargs)
+    self.filters, self.kernel_size = filters, kernel_size
+    self.strides, self.padding, self.affine = strides, padding, affine
+
+  def build(self, input_shape):
+    c_in = input_shape[-1]
+    self.first = DilConv(c_in, self.kernel_size, self.strides, self.padding, 1,
+                         self.affine, name="first")
+    self.second = DilConv(self.filters, self.kernel_size, 1, self.padding, 1,
+                          self.affine, name="second")
+    self.first.build(input_shape)
+    self.second.build(input_shape[:-1] + (c_in,))
+
+  def call(self, x, training=False):
+    return self.second(self.first(x, training=training), training=training)
+
+  def get_config(self):
+    return {**super().get_config(), "filters": self.filters,
+            "kernel_size": self.kernel_size, "strides": self.strides,
+            "padding": self.padding, "affine": self.affine}
+
+
+def factorized_reduce(x: tf.Tensor, kernel_a: tf.Tensor, kernel_b: tf.Tensor) -> tf.Tensor:
+  """ReLU, then two 1x1 stride-2 convs, the second on the input shifted by a pixel.
+
+  Args:
+    x: NHWC input.
+    kernel_a: `(C_in, C_a)` kernel applied at even positions.
+    kernel_b: `(C_in, C_b)` kernel applied at odd positions (`x[:, 1:, 1:]`).
+
+  Returns:
+    The two results, concatenated on channels (before batch norm).
+  """
+  r = tf.nn.relu(x)
+  return tf.concat([pointwise_conv(r, kernel_a, 2),
+                    pointwise_conv(r[:, 1:, 1:, :], kernel_b, 2)], axis=-1)
+
+
+class FactorizedReduce(keras.layers.Layer):
+  """Halves the resolution: ReLU, two shifted 1x1 stride-2 convs, concat, BN.
+
+  Args:
+    filters: output channels (even).
+    affine: affine batch norm.
+
+  Raises:
+    UserInputError: for an odd number of filters.
+  """
+
+  def __init__(self, filters: int, affine: bool = True, **kwargs):
+    super().__init__(**kwargs)
+    if filters % 2:
+      raise UserInputError(f"FactorizedReduce needs an even channel count, got {filters}.")
+    self.filters, self.affine = filters, affine
+
+  def build(self, input_shape):
+    c_in, half = input_shape[-1], self.filters // 2
+    self.kernel_a = self.add_weight(shape=(c_in, half), initializer=torch_uniform(c_in),
+                                    name="kernel_a")
+    self.kernel_b = self.add_weight(shape=(c_in, half), initializer=torch_uniform(c_in),
+                                    name="kernel_b")
+    self.bn = BatchNorm(self.affine, name="bn")
+    self.bn.build(input_shape[:-1] + (self.filters,))
+
+  def call(self, x, training=False):
+    return self.bn(factorized_reduce(x, self.kernel_a, self.kernel_b), training=training)
+
+  def get_config(self):
+    return {**super().get_config(), "filters": self.filters, "affine": self.affine}
+
+
+class Pooling(keras.layers.Layer):
+  """3x3 max or average pooling (padding 1, average excluding padding).
+
+  Args:
+    kind: "max" or "avg".
+    strides: pooling stride.
+  """
+
+  def __init__(self, kind: str, strides: int = 1, **kwargs):
+    super().__init__(**kwargs)
+    if kind not in ("max", "avg"):
+      raise UserInputError(f"Unknown pooling kind {kind!r}: use 'max' or 'avg'.")
+    self.kind, self.strides = kind, strides
+
+  def call(self, x):
+    return (max_pool if self.kind == "max" else avg_pool)(x, self.strides)
+
+  def get_config(self):
+    return {**super().get_config(), "kind": self.kind, "strides": self.strides}
+
+
+class Identity(keras.layers.Layer):
+  """Returns its input."""
+
+  def call(self, x):
+    return x
+
+
+class Zero(keras.layers.Layer):
+  """Zeros of the (strided) input's shape.
+
+  Args:
+    strides: spatial stride.
+  """
+
+  def __init__(self, strides: int = 1, **kwargs):
+    super().__init__(**kwargs)
+    self.strides = strides
+
+  def call(self, x):
+    return tf.zeros_like(x[:, ::self.strides, ::self.strides, :])
+
+  def get_config(self):
+    return {**super().get_config(), "strides": self.strides}
+
+
+def make_operation(name: str, channels: int, strides: int, affine: bool = True,
+                   layer_name: str | None = None) -> keras.layers.Layer:
+  """Builds one primitive by name, keeping the channel count.
+
+  Args:
+    name: one of `genotypes.PRIMITIVES`.
+    channels: input and output channels.
+    strides: 1, or 2 in a reduction cell's edges from its inputs.
+    affine: affine batch norms (False inside the search network).
+    layer_name: Keras name of the layer.
+
+  Returns:
+    The layer.
+
+  Raises:
+    UserInputError: for an unknown primitive.
+  """
+  kw = {"name": layer_name}
+  if name == "none":
+    return Zero(strides, **kw)
+  if name in ("max_pool_3x3", "avg_pool_3x3"):
+    return Pooling(name[:3], strides, **kw)
+  if name == "skip_connect":
+    return Identity(**kw) if strides == 1 else FactorizedReduce(channels, affine, **kw)
+  if name in ("sep_conv_3x3", "sep_conv_5x5"):
+    k = int(name[-1])
+    return SepConv(channels, k, strides, k // 2, affine, **kw)
+  if name in ("dil_conv_3x3", "dil_conv_5x5"):
+    k = int(name[-1])
+    return DilConv(channels, k, strides, k - 1, 2, affine, **kw)
+  raise UserInputError(
+      f"Unknown operation {name!r}; choose one of {', '.join(genotypes.PRIMITIVES)}.")
+
+
+def output_size(size: int, strides: int) -> int:
+  """Spatial size after a primitive of the given stride (all primitives agree)."""
+  return (size - 1) // strides + 1
+

@@ -1,0 +1,136 @@
+"""The primitives against float64 NumPy re-computations of the reference definitions."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from milenas_tf import genotypes
+from milenas_tf import operations as ops
+from milenas_tf.errors import UserInputError
+
+EPS = 1e-5
+
+
+def np_depthwise(x, k, stride, pad, dil=1):
+  """PyTorch's Conv2d(groups=C): symmetric zero padding, window start i*stride - pad."""
+  x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  ks = k.shape[0]
+  span = dil * (ks - 1) + 1
+  out_h = (x.shape[1] - span) // stride + 1
+  out_w = (x.shape[2] - span) // stride + 1
+  out = np.zeros((x.shape[0], out_h, out_w, x.shape[3]))
+  for a in range(ks):
+    for b in range(ks):
+      patch = x[:, a * dil: a * dil + stride * (out_h - 1) + 1: stride,
+                b * dil: b * dil + stride * (out_w - 1) + 1: stride, :]
+      out += patch * k[a, b, :, 0]
+  return out
+
+
+def np_pool(x, stride, kind):
+  """3x3 pooling, padding 1; max ignores padding, average excludes it from the count."""
+  h, w = x.shape[1:3]
+  out_h, out_w = (h + 2 - 3) // stride + 1, (w + 2 - 3) // stride + 1
+  out = np.zeros((x.shape[0], out_h, out_w, x.shape[3]))
+  for i in range(out_h):
+    for j in range(out_w):
+      r0, c0 = i * stride - 1, j * stride - 1
+      win = x[:, max(r0, 0):r0 + 3, max(c0, 0):c0 + 3, :]
+      out[:, i, j] = win.max(axis=(1, 2)) if kind == "max" else win.mean(axis=(1, 2))
+  return out
+
+
+def np_bn(x):
+  mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+  return (x - mean) / np.sqrt(var + EPS)
+
+
+def relu(x):
+  return np.maximum(x, 0)
+
+
+def np_dil_conv(x, op, stride, pad, dil):
+  y = np_depthwise(relu(x), op.depthwise.numpy().astype(np.float64), stride, pad, dil)
+  return np_bn(y @ op.pointwise.numpy().astype(np.float64))
+
+
+def reference(name, op, x, stride):
+  if name == "none":
+    return np.zeros_like(x[:, ::stride, ::stride])
+  if name in ("max_pool_3x3", "avg_pool_3x3"):
+    return np_pool(x, stride, name[:3])
+  if name == "skip_connect":
+    if stride == 1:
+      return x
+    r = relu(x)
+    a = r[:, ::2, ::2] @ op.kernel_a.numpy()
+    b = r[:, 1::2, 1::2] @ op.kernel_b.numpy()
+    return np_bn(np.concatenate([a, b], axis=-1))
+  k = int(name[-1])
+  if name.startswith("sep"):
+    return np_dil_conv(np_dil_conv(x, op.first, stride, k // 2, 1), op.second, 1, k // 2, 1)
+  return np_dil_conv(x, op, stride, k - 1, 2)
+
+
+# FactorizedReduce needs an even input size, as in the reference code.
+CASES = [(name, stride, size) for name in genotypes.PRIMITIVES for stride in (1, 2)
+         for size in (8, 7) if not (name == "skip_connect" and stride == 2 and size % 2)]
+
+
+@pytest.mark.parametrize("name,stride,size", CASES)
+def test_primitive_matches_reference_definition(name, stride, size):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, size, size, 4))
+  op = ops.make_operation(name, 4, stride, affine=False)
+  got = op(tf.constant(x, tf.float32), training=True) if isinstance(
+      op, (ops.SepConv, ops.DilConv, ops.FactorizedReduce)) else op(tf.constant(x, tf.float32))
+  want = reference(name, op, x, stride)
+  out = (size - 1) // stride + 1
+  assert got.shape == (2, out, out, 4) == want.shape
+  np.testing.assert_allclose(got.numpy(), want, atol=5e-5, rtol=1e-4)
+
+
+def test_dilated_stride_two_is_stride_one_subsampled():
+  """The definition: the stride-2 dilated conv is the stride-1 one at even positions."""
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(1, 9, 9, 3))
+  k = rng.normal(size=(5, 5, 3, 1))
+  got = ops.depthwise_conv(tf.constant(x), tf.constant(k), 2, 4, 2).numpy()
+  np.testing.assert_allclose(got, np_depthwise(x, k, 1, 4, 2)[:, ::2, ::2], atol=1e-9)
+  np.testing.assert_allclose(got, np_depthwise(x, k, 2, 4, 2), atol=1e-9)
+
+
+def test_stride_two_is_not_tf_same_padding():
+  """Explicit symmetric padding differs from TF's "same" at stride 2 (a guard)."""
+  x = tf.random.normal((1, 8, 8, 2), seed=3)
+  k = tf.random.normal((3, 3, 2, 1), seed=4)
+  ours = ops.depthwise_conv(x, k, 2, 1)
+  same = tf.nn.depthwise_conv2d(x, k, [1, 2, 2, 1], "SAME")
+  assert not np.allclose(ours.numpy(), same.numpy())
+
+
+def test_batch_norm_running_statistics_follow_pytorch():
+  bn = ops.BatchNorm(affine=True)
+  x = np.random.default_rng(2).normal(2.0, 3.0, size=(4, 5, 5, 3)).astype(np.float32)
+  bn.build(x.shape)
+  y = bn(tf.constant(x), training=True).numpy()
+  np.testing.assert_allclose(y, np_bn(x.astype(np.float64)), atol=1e-4)
+  flat = x.reshape(-1, 3).astype(np.float64)
+  np.testing.assert_allclose(bn.moving_mean.numpy(), 0.1 * flat.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(bn.moving_variance.numpy(), 0.9 + 0.1 * flat.var(0, ddof=1),
+                             rtol=1e-5)
+  inference = bn(tf.constant(x), training=False).numpy()
+  want = (x - bn.moving_mean.numpy()) / np.sqrt(bn.moving_variance.numpy() + EPS)
+  np.testing.assert_allclose(inference, want, atol=1e-4)
+
+
+def test_layers_serialise():
+  for layer in (ops.SepConv(8, 3, 2, 1, affine=False), ops.DilConv(8, 5, 1, 4, 2),
+                ops.FactorizedReduce(8), ops.Pooling("avg", 2), ops.ReLUConvBN(8, 3, 1, 1)):
+    clone = type(layer).from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+
+
+def test_unknown_operation_is_rejected():
+  with pytest.raises(UserInputError, match="Unknown operation 'conv_7x7'.*sep_conv_3x3"):
+    ops.make_operation("conv_7x7", 8, 1)

@@ -1,0 +1,61 @@
+"""MixedOps and SearchCell compute the per-edge function of operations.py."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from milenas_tf import genotypes
+from milenas_tf import operations as ops
+from milenas_tf.search_cell import CONV_BRANCHES, MixedOps, SearchCell
+
+
+def per_edge_ops(layer: MixedOps, edge: int, input_shape):
+  """Primitive layers of one edge, holding that edge's weights of `layer`."""
+  built = {}
+  for name in genotypes.PRIMITIVES:
+    op = ops.make_operation(name, layer.channels, layer.strides, affine=False)
+    if not op.built:
+      op.build(input_shape)
+    built[name] = op
+  c = layer.channels
+  for name, _, _, _ in CONV_BRANCHES:
+    op = built[name]
+    halves = [op.first, op.second] if isinstance(op, ops.SepConv) else [op]
+    for stage, half in enumerate(halves):
+      depthwise = layer.depthwise[name, stage]
+      half.depthwise.assign(depthwise[..., edge:edge + 1] if stage == 0
+                            else depthwise[:, :, edge * c:(edge + 1) * c, :])
+      half.pointwise.assign(layer.pointwise[name, stage][edge])
+  if layer.strides > 1:
+    half = slice(edge * (c // 2), (edge + 1) * (c // 2))
+    built["skip_connect"].kernel_a.assign(layer.reduce_a[:, half])
+    built["skip_connect"].kernel_b.assign(layer.reduce_b[:, half])
+  return built
+
+
+def apply_op(name, op, x, training):
+  if isinstance(op, (ops.Pooling,)):
+    bn = ops.BatchNorm(affine=False)
+    return bn(op(x), training=training)
+  if isinstance(op, (ops.Identity, ops.Zero)):
+    return op(x)
+  return op(x, training=training)
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+def test_mixed_ops_equal_weighted_sum_of_primitives(strides):
+  tf.keras.utils.set_random_seed(0)
+  k, c = 3, 4
+  shape = (2, 8, 8, c)
+  x = tf.random.normal(shape, seed=1)
+  layer = MixedOps(k, strides)
+  layer.build(shape)
+  weights = tf.nn.softmax(tf.random.normal([k, 8], seed=2), axis=-1)
+  got = [y.numpy() for y in layer(x, weights, training=True)]
+  assert len(got) == k
+  for e in range(k):
+    built = per_edge_ops(layer, e, shape)
+    want = sum(weights[e, i].numpy() * apply_op(name, built[name], x, True).numpy()
+               for i, name in enumerate(genotypes.PRIMITIVES))
+    assert got[e].shape == (2, 8 // strides, 8 // strides, c)
+    np.testing.assert_allclose(got[e], want, atol=2e-5)

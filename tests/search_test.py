@@ -1,0 +1,120 @@
+"""End to end: a short real search on Fashion-MNIST, interruption and resumption, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from milenas_tf import genotypes
+from milenas_tf import search
+from milenas_tf.callbacks import EpochCheckpoint
+from milenas_tf.errors import UserInputError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+  config = search.default_config()
+  config.update(dict(dataset="fashion_mnist", limit=1280, batch_size=32, epochs=2,
+                     init_channels=4, num_cells=3, **overrides))
+  return config
+
+
+class Interrupt(keras.callbacks.Callback):
+  """Records the state after the first epoch, then stops the run as Ctrl-C would."""
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.alphas = [v.numpy() for v in self.model.network.arch_variables]
+    self.iterations = int(self.model.optimizer.iterations)
+    raise KeyboardInterrupt
+
+
+class RecordStart(keras.callbacks.Callback):
+
+  def on_train_begin(self, logs=None):
+    self.alphas = [v.numpy() for v in self.model.network.arch_variables]
+    self.iterations = int(self.model.optimizer.iterations)
+    self.arch_iterations = int(self.model.arch_optimizer.iterations)
+
+
+@pytest.fixture(scope="module")
+def interrupted_then_resumed(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("search") / "run")
+  config = tiny_config()
+  interrupt = Interrupt()
+  with pytest.raises(KeyboardInterrupt):
+    search.run_search(config, out, verbose=0, extra_callbacks=[interrupt])
+  after_interrupt = sorted(os.listdir(out))
+  start = RecordStart()
+  result = search.run_search(config, out, verbose=0, extra_callbacks=[start])
+  return out, interrupt, start, result, after_interrupt
+
+
+def test_interrupted_search_kept_its_first_epoch(interrupted_then_resumed):
+  out, interrupt, _, _, after_interrupt = interrupted_then_resumed
+  assert {"config.json", "genotype.json", "genotypes", "checkpoints", "logs"} <= set(
+      after_interrupt)
+  assert interrupt.iterations == 20  # 640 search-train images / batch 32
+
+
+def test_resumed_search_continues_from_the_saved_epoch(interrupted_then_resumed, capsys):
+  out, interrupt, start, result, _ = interrupted_then_resumed
+  for saved, restored in zip(interrupt.alphas, start.alphas):
+    np.testing.assert_array_equal(saved, restored)
+  assert start.iterations == start.arch_iterations == 20
+  assert len(result.history["loss"]) == 1  # only the second epoch ran again
+  assert EpochCheckpoint.finished_epochs(os.path.join(out, "checkpoints")) == 2
+
+
+def test_search_learns_and_moves_alpha(interrupted_then_resumed):
+  out, interrupt, _, result, _ = interrupted_then_resumed
+  assert result.history["val_accuracy"][-1] > 0.3  # chance is 0.1
+  with np.load(os.path.join(out, "alphas.npz")) as alphas:
+    assert np.abs(alphas["alphas_normal"]).max() > 5e-3  # initialised at 1e-3 scale
+    assert not np.allclose(alphas["alphas_normal"], interrupt.alphas[0])
+    want = genotypes.derive_genotype(alphas["alphas_normal"], alphas["alphas_reduce"])
+  assert genotypes.load_genotype(os.path.join(out, "genotype.json")) == want == result.genotype
+  assert sorted(os.listdir(os.path.join(out, "genotypes"))) == ["epoch_001.json",
+                                                                "epoch_002.json"]
+  for cell in ("normal", "reduce"):
+    with open(os.path.join(out, f"{cell}.png"), "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  events = [f for _, _, files in os.walk(os.path.join(out, "logs")) for f in files]
+  assert any(f.startswith("events.out.tfevents") for f in events)
+
+
+def test_output_dir_of_another_run_is_refused_and_kept(interrupted_then_resumed):
+  out = interrupted_then_resumed[0]
+  before = {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out)}
+  with pytest.raises(UserInputError, match="num_cells: 3 in the run, 4 now"):
+    search.run_search(tiny_config(num_cells=4), out, verbose=0)
+  assert before == {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out)}
+  with open(os.path.join(out, "config.json")) as f:
+    assert json.load(f)["num_cells"] == 3
+
+
+def test_non_empty_foreign_directory_is_refused(tmp_path):
+  (tmp_path / "notes.txt").write_text("mine")
+  with pytest.raises(UserInputError, match="not empty and holds no search"):
+    search.run_search(tiny_config(), str(tmp_path), verbose=0)
+  assert os.listdir(tmp_path) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--config.method=bogus"], "error: Unknown search method 'bogus'"),
+    (["--config.dataset=mnist"], "error: Unknown dataset 'mnist'"),
+    (["--config.data_source=idx", "--config.data_dir=/nonexistent"],
+     "dataset-fashion-mnist"),
+])
+def test_cli_reports_bad_input_in_one_line(tmp_path, flags, message):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "bin", "search.py"),
+       f"--output_dir={tmp_path / 'run'}"] + flags,
+      capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2
+  assert message in proc.stderr
+  assert "Traceback" not in proc.stderr
