@@ -24,6 +24,7 @@ setuptools.setup(
         "numpy>=1.26",
         "ml-collections>=1.0",
         "matplotlib>=3.8",
+        "tensorboard>=2.20",
     ],
     extras_require={
         "cpu": ["tensorflow-cpu>=2.21,<2.22"],

@@ -46,7 +46,6 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
   Returns:
     A JSON-friendly dict of the measured figures.
   """
-  start = time.perf_counter()
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from milenas_tf import search  # pylint: disable=g-import-not-at-top
 
@@ -84,7 +83,6 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
   return {
       "benchmark": "search_step", "config": config, "method": method, "order": order,
       **spec, "grappler": grappler, "inter_op_threads": inter_op_threads,
-      "import_s": round(imported - start, 2),
       "build_s": round(t0 - imported, 2),
       "first_step_s": round(first_done - imported, 2),
       "first_call_s": round(first_done - t0, 2),

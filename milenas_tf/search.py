@@ -199,7 +199,7 @@ def run_search(config: ml_collections.ConfigDict, output_dir: str, *,
   if done < config.epochs:
     fit = model.fit(
         train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=done,
-        verbose=verbose,
+        verbose=verbose, shuffle=False,
         callbacks=[callbacks.ArchitectureLogger(output_dir, log_dir),
                    keras.callbacks.TensorBoard(log_dir, write_graph=False,
                                                profile_batch=0),

@@ -6,7 +6,7 @@ import re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIP_PACKAGES = {"tensorflow", "keras", "tensorflow-datasets", "absl-py", "numpy",
-                "ml-collections", "matplotlib", "pytest"}
+                "ml-collections", "matplotlib", "tensorboard", "pytest"}
 
 
 def load_build():

@@ -59,3 +59,28 @@ def test_mixed_ops_equal_weighted_sum_of_primitives(strides):
                for i, name in enumerate(genotypes.PRIMITIVES))
     assert got[e].shape == (2, 8 // strides, 8 // strides, c)
     np.testing.assert_allclose(got[e], want, atol=2e-5)
+
+
+@pytest.mark.parametrize("reduction,reduction_prev", [(False, False), (True, False),
+                                                      (False, True)])
+def test_search_cell_shapes_and_config(reduction, reduction_prev):
+  cell = SearchCell(4, reduction, reduction_prev)
+  s0 = tf.random.normal((2, 16 if reduction_prev else 8, 16 if reduction_prev else 8, 6))
+  s1 = tf.random.normal((2, 8, 8, 5))
+  out = cell([s0, s1], tf.nn.softmax(tf.random.normal([14, 8])), training=True)
+  size = 4 if reduction else 8
+  assert out.shape == (2, size, size, 16)
+  assert SearchCell.from_config(cell.get_config()).get_config() == cell.get_config()
+
+
+def test_search_network_outputs_logits_and_alpha_matters():
+  from milenas_tf.search_network import SearchNetwork
+  tf.keras.utils.set_random_seed(0)
+  net = SearchNetwork(5, init_channels=4, num_cells=3)
+  x = tf.random.normal((2, 12, 12, 3), seed=5)
+  logits = net(x, training=True)
+  assert logits.shape == (2, 5) and logits.dtype == tf.float32
+  assert [v.shape for v in net.arch_variables] == [(14, 8), (14, 8)]
+  net.alphas_normal.assign(tf.random.normal((14, 8), seed=6) * 3)
+  assert not np.allclose(net(x, training=True).numpy(), logits.numpy())
+  assert SearchNetwork.from_config(net.get_config()).get_config() == net.get_config()

@@ -19,8 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def tiny_config(**overrides):
   config = search.default_config()
-  config.update(dict(dataset="fashion_mnist", limit=1280, batch_size=32, epochs=2,
-                     init_channels=4, num_cells=3, **overrides))
+  config.update({**dict(dataset="fashion_mnist", limit=1280, batch_size=32, epochs=2,
+                        init_channels=4, num_cells=3), **overrides})
   return config
 
 
@@ -106,7 +106,7 @@ def test_non_empty_foreign_directory_is_refused(tmp_path):
 
 @pytest.mark.parametrize("flags,message", [
     (["--config.method=bogus"], "error: Unknown search method 'bogus'"),
-    (["--config.dataset=mnist"], "error: Unknown dataset 'mnist'"),
+    (["--config.dataset=mnist"], "error: Unknown dataset name 'mnist'"),
     (["--config.data_source=idx", "--config.data_dir=/nonexistent"],
      "dataset-fashion-mnist"),
 ])
