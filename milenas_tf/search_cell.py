@@ -33,7 +33,6 @@ _COL = {name: i for i, name in enumerate(genotypes.PRIMITIVES)}
 CONV_BRANCHES = (("sep_conv_3x3", 3, 1, 1), ("sep_conv_5x5", 5, 2, 1),
                  ("dil_conv_3x3", 3, 2, 2), ("dil_conv_5x5", 5, 4, 2))
 _CONV_COLS = [_COL[b[0]] for b in CONV_BRANCHES]
-_POOL_COLS = [_COL["max_pool_3x3"], _COL["avg_pool_3x3"]]
 
 
 def _spatial_shape(x: tf.Tensor) -> list:
@@ -120,16 +119,18 @@ class MixedOps(keras.layers.Layer):
 
   def call(self, x, weights, training=False):
     s, c, k = self.strides, self.channels, self.num_edges
-    weights = tf.cast(weights, x.dtype)
     relu = tf.nn.relu(x)
 
-    def edges(y):  # (B, H, W, k*C) ordered (edge, channel) -> (B, H, W, k, C)
-      return tf.reshape(y, _spatial_shape(y) + [k, c])
+    def edge_scale(col):  # An op's weight on each edge, as a (edge, channel) BN scale.
+      return tf.repeat(tf.cast(weights[:, col], tf.float32), c)
 
-    out = None
+    # The weighted sum over ops is folded into the last batch norm of every
+    # parametric branch: w * BN(y) is BN(y) with scale w (the BN has no affine terms).
+    branches = []
     for (name, _, pad, dil), col in zip(CONV_BRANCHES, _CONV_COLS):
       y = relu
-      for stage in range(2 if name.startswith("sep") else 1):
+      stages = 2 if name.startswith("sep") else 1
+      for stage in range(stages):
         key = (name, stage)
         if stage:
           y = tf.nn.relu(y)
@@ -137,27 +138,30 @@ class MixedOps(keras.layers.Layer):
                                dil if stage == 0 else 1)
         kernel = block_diagonal_pointwise(self.pointwise[key], channel_major=stage == 0)
         y = tf.nn.conv2d(y, tf.cast(kernel, y.dtype), 1, "VALID")
-        y = ops.batch_norm(y, *self.bn[key], training)
-      term = edges(y) * weights[:, col, None]
-      out = term if out is None else out + term
-
-    # Pools and their affine-free BN see the same batch on every edge: shared.
-    pools = tf.concat([ops.max_pool(x, s), ops.avg_pool(x, s)], axis=-1)
-    pools = ops.batch_norm(pools, *self.pool_bn, training)
-    pool_weights = tf.gather(weights, _POOL_COLS, axis=1)  # (k, 2)
-    out += pools[..., None, :c] * pool_weights[:, :1] + pools[..., None, c:] * pool_weights[:, 1:]
-    skip_weights = weights[:, _COL["skip_connect"], None]  # (k, 1)
-    if s == 1:
-      out += x[..., None, :] * skip_weights
-    else:  # A FactorizedReduce per edge; the edges share the input.
+        y = ops.batch_norm(y, *self.bn[key], training,
+                           gamma=edge_scale(col) if stage == stages - 1 else None)
+      branches.append(y)
+    if s > 1:  # skip_connect is a FactorizedReduce per edge; the edges share the input.
       half = c // 2
       reduced_a = ops.pointwise_conv(relu, tf.cast(self.reduce_a, x.dtype), 2)
       reduced_b = ops.pointwise_conv(relu[:, 1:, 1:, :], tf.cast(self.reduce_b, x.dtype), 2)
       shape = _spatial_shape(reduced_a)
       reduced = tf.concat([tf.reshape(reduced_a, shape + [k, half]),
                            tf.reshape(reduced_b, shape + [k, half])], axis=-1)
-      reduced = tf.reshape(reduced, shape + [k * c])
-      out += edges(ops.batch_norm(reduced, *self.reduce_bn, training)) * skip_weights
+      branches.append(ops.batch_norm(tf.reshape(reduced, shape + [k * c]), *self.reduce_bn,
+                                     training, gamma=edge_scale(_COL["skip_connect"])))
+    shape = _spatial_shape(branches[0]) + [k, c]
+    terms = [tf.reshape(y, shape) for y in branches]
+
+    # Pools and their affine-free BN see the same batch on every edge: shared.
+    pools = tf.concat([ops.max_pool(x, s), ops.avg_pool(x, s)], axis=-1)
+    pools = ops.batch_norm(pools, *self.pool_bn, training)
+    weights = tf.cast(weights, x.dtype)
+    terms.append(pools[..., None, :c] * weights[:, _COL["max_pool_3x3"], None])
+    terms.append(pools[..., None, c:] * weights[:, _COL["avg_pool_3x3"], None])
+    if s == 1:
+      terms.append(x[..., None, :] * weights[:, _COL["skip_connect"], None])
+    out = tf.add_n(terms)
     return tf.unstack(out, axis=-2)
 
   def get_config(self):
