@@ -21,7 +21,6 @@ import os
 import keras
 import ml_collections
 import numpy as np
-from absl import logging
 
 from milenas_tf import callbacks
 from milenas_tf import datasets
@@ -33,8 +32,8 @@ from milenas_tf.search_model import SearchModel
 from milenas_tf.search_network import SearchNetwork
 
 CONFIG_FILE = "config.json"
-# Keys that may differ between a run and its resumption.
-_RESUME_FREE_KEYS = ("data_dir",)
+# Keys that may differ between a run and its resumption (where the data comes from).
+_RESUME_FREE_KEYS = ("data_dir", "data_source")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -107,11 +106,13 @@ class SearchResult:
     history: per-epoch logs of the epochs run by this call.
     epochs_done: epochs finished, including those of earlier runs.
     output_dir: where everything was written.
+    resumed_after: epochs finished by earlier runs when this one started.
   """
   genotype: genotypes.Genotype
   history: dict
   epochs_done: int
   output_dir: str
+  resumed_after: int = 0
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
@@ -125,8 +126,8 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     raise UserInputError(f"config.limit must be 0 (all) or positive, got {config.limit}.")
 
 
-def _prepare_output_dir(output_dir: str, config: dict) -> bool:
-  """Creates or checks the output directory; returns whether it holds this run."""
+def _check_output_dir(output_dir: str, config: dict) -> bool:
+  """Checks the output directory, writing nothing; returns whether it holds this run."""
   path = os.path.join(output_dir, CONFIG_FILE)
   if os.path.exists(path):
     try:
@@ -147,8 +148,6 @@ def _prepare_output_dir(output_dir: str, config: dict) -> bool:
     raise UserInputError(
         f"{output_dir} is not empty and holds no search ({CONFIG_FILE} is missing); "
         "choose a new or empty --output_dir.")
-  os.makedirs(output_dir, exist_ok=True)
-  callbacks.write_json_atomic(path, config)
   return False
 
 
@@ -172,7 +171,7 @@ def run_search(config: ml_collections.ConfigDict, output_dir: str, *,
       holding another run.
   """
   _check_config(config)
-  resuming = _prepare_output_dir(output_dir, config.to_dict())
+  resuming = _check_output_dir(output_dir, config.to_dict())
   keras.utils.set_random_seed(config.seed)
   train_ds, val_ds, info = datasets.search_datasets(
       config.dataset, config.batch_size, config.train_portion,
@@ -189,10 +188,11 @@ def run_search(config: ml_collections.ConfigDict, output_dir: str, *,
       arch_weight_decay=config.arch_weight_decay, lambda_train=config.lambda_train,
       lambda_val=config.lambda_val)
   checkpoint_dir = os.path.join(output_dir, "checkpoints")
+  if not resuming:  # Written once data and model are known to work.
+    os.makedirs(output_dir, exist_ok=True)
+    callbacks.write_json_atomic(os.path.join(output_dir, CONFIG_FILE), config.to_dict())
   done = callbacks.EpochCheckpoint.restore(model, checkpoint_dir) if resuming else 0
   if done:
-    logging.info("Resuming the search in %s after epoch %d of %d.", output_dir, done,
-                 config.epochs)
     print(f"Resuming the search in {output_dir} after epoch {done} of {config.epochs}.")
   log_dir = os.path.join(output_dir, "logs")
   history = {}
@@ -207,7 +207,7 @@ def run_search(config: ml_collections.ConfigDict, output_dir: str, *,
     history = fit.history
   genotype = model.network.genotype()
   _write_final(model, genotype, output_dir, config.epochs)
-  return SearchResult(genotype, history, config.epochs, output_dir)
+  return SearchResult(genotype, history, config.epochs, output_dir, done)
 
 
 def _write_final(model: SearchModel, genotype: genotypes.Genotype, output_dir: str,

@@ -8,7 +8,9 @@ the k edges on the channel axis:
 - one ReLU for every conv branch and reduction;
 - per conv branch and stage, one depthwise conv (the edges as channel
   multipliers), one 1x1 conv with a block-diagonal kernel (a separate C x C
-  kernel per edge) and one fused batch norm over the k*C channels;
+  kernel per edge) and one fused batch norm over the k*C channels; the op's
+  softmax weight on each edge is the scale of the branch's last (otherwise
+  affine-free) batch norm, so weighting costs no extra pass over the data;
 - the pools and their affine-free batch norms once (no weights, and the same
   batch on every edge);
 - `none` is skipped: it adds zeros (its weight still enters the softmax).

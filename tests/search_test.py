@@ -61,11 +61,12 @@ def test_interrupted_search_kept_its_first_epoch(interrupted_then_resumed):
   assert interrupt.iterations == 20  # 640 search-train images / batch 32
 
 
-def test_resumed_search_continues_from_the_saved_epoch(interrupted_then_resumed, capsys):
+def test_resumed_search_continues_from_the_saved_epoch(interrupted_then_resumed):
   out, interrupt, start, result, _ = interrupted_then_resumed
   for saved, restored in zip(interrupt.alphas, start.alphas):
     np.testing.assert_array_equal(saved, restored)
   assert start.iterations == start.arch_iterations == 20
+  assert result.resumed_after == 1
   assert len(result.history["loss"]) == 1  # only the second epoch ran again
   assert EpochCheckpoint.finished_epochs(os.path.join(out, "checkpoints")) == 2
 
@@ -118,3 +119,4 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, flags, message):
   assert proc.returncode == 2
   assert message in proc.stderr
   assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "run").exists()  # nothing written for a run that cannot start
