@@ -22,6 +22,7 @@ SEARCH_CONFIGS = {
     # name: (num_cells, init_channels, batch_size, image size, channels)
     "paper": dict(num_cells=8, init_channels=16, batch_size=64, image_size=32, channels=3),
     "small": dict(num_cells=5, init_channels=8, batch_size=32, image_size=32, channels=3),
+    "tiny": dict(num_cells=3, init_channels=4, batch_size=8, image_size=16, channels=1),
 }
 
 
@@ -47,6 +48,7 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
     A JSON-friendly dict of the measured figures.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from milenas_tf import datasets  # pylint: disable=g-import-not-at-top
   from milenas_tf import search  # pylint: disable=g-import-not-at-top
 
   tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": not grappler})
@@ -54,9 +56,7 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
   spec = {**SEARCH_CONFIGS[config], **overrides}
   shape = (spec["image_size"], spec["image_size"], spec["channels"])
   tf.keras.utils.set_random_seed(0)
-  x = tf.random.normal((spec["batch_size"],) + shape)
-  y = tf.random.uniform((spec["batch_size"],), 0, 10, tf.int32)
-  batch = ((x, y), (x + 0.5, y))
+  data, _, _ = datasets.synthetic_search_datasets(shape, 10, spec["batch_size"], steps + 1)
   imported = time.perf_counter()
   model = search.build_search_model(
       num_classes=10, input_shape=shape, init_channels=spec["init_channels"],
@@ -64,7 +64,6 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
       steps_per_epoch=100)
   model.make_train_function()
   train_function = model.train_function
-  data = tf.data.Dataset.from_tensors(batch).repeat()
   iterator = iter(data)
 
   def one_step():

@@ -382,8 +382,3 @@ def make_operation(name: str, channels: int, strides: int, affine: bool = True,
   raise UserInputError(
       f"Unknown operation {name!r}; choose one of {', '.join(genotypes.PRIMITIVES)}.")
 
-
-def output_size(size: int, strides: int) -> int:
-  """Spatial size after a primitive of the given stride (all primitives agree)."""
-  return (size - 1) // strides + 1
-
