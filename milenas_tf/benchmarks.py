@@ -19,7 +19,7 @@ from milenas_tf import update_rules
 from milenas_tf.errors import UserInputError
 
 SEARCH_CONFIGS = {
-    # name: (num_cells, init_channels, batch_size, image size, channels)
+    # name: network size, batch size and input shape (image_size x image_size x channels).
     "paper": dict(num_cells=8, init_channels=16, batch_size=64, image_size=32, channels=3),
     "small": dict(num_cells=5, init_channels=8, batch_size=32, image_size=32, channels=3),
     "tiny": dict(num_cells=3, init_channels=4, batch_size=8, image_size=16, channels=1),
