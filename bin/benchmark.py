@@ -2,6 +2,11 @@
 
   python bin/benchmark.py                       # paper and small configs, both orders
   python bin/benchmark.py --configs=small --orders=fused --steps=3
+  python bin/benchmark.py --configs=paper --orders=reference \
+      --methods=milenas,darts_2nd,milenas_2nd --hessians=finite_difference,exact
+
+Results of the same configuration and order carry their ratio to `milenas`
+(`step_s_vs_milenas`, ...) when `milenas` is among the methods.
 """
 
 import json
@@ -19,14 +24,16 @@ _CONFIGS = flags.DEFINE_list("configs", ["small", "paper"],
                              f"Configurations: {', '.join(benchmarks.SEARCH_CONFIGS)}.")
 _METHODS = flags.DEFINE_list("methods", ["milenas"], "Search methods.")
 _ORDERS = flags.DEFINE_list("orders", ["reference", "fused"], "Update orders.")
+_HESSIANS = flags.DEFINE_list("hessians", ["finite_difference"],
+                              "Hessian-vector products of the second-order methods.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after the first one.")
 
 
 def main(argv):
   cli.check_no_arguments(argv)
   jobs = benchmarks.search_jobs(_CONFIGS.value, _METHODS.value, _ORDERS.value,
-                                _STEPS.value)
-  for result in benchmarks.run(jobs):
+                                _STEPS.value, _HESSIANS.value)
+  for result in benchmarks.with_ratios(benchmarks.run(jobs)):
     print(json.dumps(result), flush=True)
 
 

@@ -15,6 +15,7 @@ import sys
 import time
 from typing import Iterable, Iterator
 
+from milenas_tf import second_order
 from milenas_tf import update_rules
 from milenas_tf.errors import UserInputError
 
@@ -32,13 +33,14 @@ def _peak_memory_mb() -> float:
 
 def search_step(config: str, method: str = "milenas", order: str = "reference",
                 steps: int = 5, grappler: bool = True, inter_op_threads: int = 0,
-                **overrides) -> dict:
+                hessian: str | None = None, **overrides) -> dict:
   """Times the search step of one configuration in this process.
 
   Args:
     config: a key of `SEARCH_CONFIGS`.
     method: search method.
     order: "reference" or "fused".
+    hessian: for second-order methods, "finite_difference" or "exact".
     steps: timed steps after the first one.
     grappler: run TensorFlow's graph optimiser.
     inter_op_threads: TensorFlow inter-op threads (0: its default).
@@ -61,7 +63,7 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
   model = search.build_search_model(
       num_classes=10, input_shape=shape, init_channels=spec["init_channels"],
       num_cells=spec["num_cells"], method=method, order=order, epochs=50,
-      steps_per_epoch=100)
+      steps_per_epoch=100, hessian=hessian or "finite_difference")
   model.make_train_function()
   train_function = model.train_function
   iterator = iter(data)
@@ -81,6 +83,7 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
   step = statistics.median(times)
   return {
       "benchmark": "search_step", "config": config, "method": method, "order": order,
+      "hessian": hessian,
       **spec, "grappler": grappler, "inter_op_threads": inter_op_threads,
       "build_s": round(t0 - imported, 2),
       "first_step_s": round(first_done - imported, 2),
@@ -92,13 +95,18 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
 
 
 def search_jobs(configs: Iterable[str], methods: Iterable[str], orders: Iterable[str],
-                steps: int) -> list[dict]:
+                steps: int, hessians: Iterable[str] = ("finite_difference",)
+                ) -> list[dict]:
   """The jobs of `run` for every combination, validated before anything runs.
 
+  Second-order methods get one job per Hessian-vector product in `hessians`;
+  first-order ones a single job with `hessian=None`.
+
   Raises:
-    UserInputError: for an unknown configuration, method or order.
+    UserInputError: for an unknown configuration, method, order or hessian.
   """
   configs, methods, orders = list(configs), list(methods), list(orders)
+  hessians = list(hessians)
   for name in configs:
     if name not in SEARCH_CONFIGS:
       raise UserInputError(f"Unknown benchmark configuration {name!r}; choose one of "
@@ -107,10 +115,34 @@ def search_jobs(configs: Iterable[str], methods: Iterable[str], orders: Iterable
     update_rules.get_rule(method)
   for order in orders:
     update_rules.check_order(order)
+  for hessian in hessians:
+    update_rules.check_choice("hessian", hessian, second_order.HESSIANS)
   if steps < 1:
     raise UserInputError(f"steps must be positive, got {steps}.")
-  return [dict(config=c, method=m, order=o, steps=steps)
-          for c in configs for m in methods for o in orders]
+  return [dict(config=c, method=m, order=o, steps=steps, hessian=h)
+          for c in configs for o in orders for m in methods
+          for h in (hessians if m in update_rules.SECOND_ORDER_METHODS else [None])]
+
+
+RATIO_KEYS = ("first_step_s", "step_s", "peak_memory_mb")
+
+
+def with_ratios(results: Iterable[dict], baseline: str = "milenas") -> Iterator[dict]:
+  """Adds `<key>_vs_<baseline>` ratios to results of the baseline's configuration and order.
+
+  A result gets ratios once the baseline method's result of the same
+  configuration and order has gone by (jobs list it first when it is asked for).
+  """
+  base = {}
+  for result in results:
+    key = (result.get("config"), result.get("order"))
+    if result.get("method") == baseline and "error" not in result:
+      base[key] = result
+    if key in base and "error" not in result:
+      for name in RATIO_KEYS:
+        if base[key].get(name):
+          result[f"{name}_vs_{baseline}"] = round(result[name] / base[key][name], 3)
+    yield result
 
 
 def _child_main() -> None:

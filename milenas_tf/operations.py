@@ -62,8 +62,13 @@ def pointwise_conv(x: tf.Tensor, kernel: tf.Tensor, strides: int = 1) -> tf.Tens
 
 
 def max_pool(x: tf.Tensor, strides: int) -> tf.Tensor:
-  """3x3 max pooling, padding 1 (padded cells never win)."""
-  return tf.nn.max_pool2d(x, 3, strides, [[0, 0], [1, 1], [1, 1], [0, 0]])
+  """3x3 max pooling, padding 1 (padded cells never win).
+
+  As in `avg_pool`, the stride-2 output at i is the stride-1 ("SAME") output at
+  2i; unlike explicit padding, "SAME" max pooling has a second derivative in TF.
+  """
+  y = tf.nn.max_pool2d(x, 3, 1, "SAME")
+  return y[:, ::strides, ::strides, :] if strides > 1 else y
 
 
 def avg_pool(x: tf.Tensor, strides: int) -> tf.Tensor:
@@ -98,6 +103,8 @@ def batch_norm(x: tf.Tensor, moving_mean: keras.Variable,
     The normalised tensor, of the dtype of `x`.
   """
   channels = x.shape[-1]
+  if x.dtype == tf.float64:
+    return _batch_norm_float64(x, moving_mean, moving_variance, training, gamma, beta)
   scale = tf.ones([channels], tf.float32) if gamma is None else tf.cast(gamma, tf.float32)
   offset = tf.zeros([channels], tf.float32) if beta is None else tf.cast(beta, tf.float32)
   y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
@@ -109,6 +116,26 @@ def batch_norm(x: tf.Tensor, moving_mean: keras.Variable,
     moving_mean.assign(mean)
     moving_variance.assign(variance)
   return y
+
+
+def _batch_norm_float64(x, moving_mean, moving_variance, training, gamma, beta):
+  """`batch_norm` from its definition, for float64 (the fused kernel has none)."""
+  if training:
+    # Not tf.nn.moments: its stop_gradient on the mean makes second derivatives wrong.
+    mean = tf.reduce_mean(x, axis=[0, 1, 2])
+    variance = tf.reduce_mean(tf.square(x - mean), axis=[0, 1, 2])
+    count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), x.dtype)
+    unbiased = variance * count / tf.maximum(count - 1.0, 1.0)
+    keep = tf.constant(BN_MOMENTUM, x.dtype)
+    moving_mean.assign(keep * tf.cast(moving_mean, x.dtype) + (1.0 - keep) * mean)
+    moving_variance.assign(keep * tf.cast(moving_variance, x.dtype)
+                           + (1.0 - keep) * unbiased)
+  else:
+    mean = tf.cast(moving_mean, x.dtype)
+    variance = tf.cast(moving_variance, x.dtype)
+  cast = lambda v: None if v is None else tf.cast(v, x.dtype)
+  return tf.nn.batch_normalization(x, mean, variance, cast(beta), cast(gamma),
+                                   BN_EPSILON)
 
 
 class BatchNorm(keras.layers.Layer):

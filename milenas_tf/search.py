@@ -26,6 +26,7 @@ from milenas_tf import callbacks
 from milenas_tf import datasets
 from milenas_tf import genotypes
 from milenas_tf import optimization
+from milenas_tf import second_order
 from milenas_tf import update_rules
 from milenas_tf.errors import UserInputError
 from milenas_tf.search_model import SearchModel
@@ -51,8 +52,11 @@ def default_config() -> ml_collections.ConfigDict:
   config.init_channels = 16
   config.num_cells = 8
   # Search.
-  config.method = "milenas"          # milenas | darts_1st | single_level
+  config.method = "milenas"          # milenas | darts_1st | single_level | milenas_2nd | darts_2nd
   config.order = "reference"         # reference (3 passes) | fused (2 passes)
+  # Second-order methods only (see milenas_tf/second_order.py).
+  config.hessian = "finite_difference"  # finite_difference (the papers') | exact
+  config.virtual_step = "optimizer"  # optimizer (momentum + decay, reference code) | sgd
   config.lambda_train = 1.0          # weight of grad_alpha L_train (reference code's lambda)
   config.lambda_val = 1.0            # weight of grad_alpha L_val (paper Eq. 6's lambda)
   config.epochs = 50
@@ -76,7 +80,8 @@ def build_search_model(num_classes: int, input_shape: tuple[int, int, int], *,
                        momentum: float = 0.9, weight_decay: float = 3e-4,
                        grad_clip: float = 5.0, arch_learning_rate: float = 3e-4,
                        arch_weight_decay: float = 1e-3, lambda_train: float = 1.0,
-                       lambda_val: float = 1.0) -> SearchModel:
+                       lambda_val: float = 1.0, hessian: str = "finite_difference",
+                       virtual_step: str = "optimizer") -> SearchModel:
   """A compiled, built `SearchModel` with the reference optimisers (DESIGN.md §3).
 
   Build it inside a distribution strategy's scope when one is used.
@@ -87,7 +92,8 @@ def build_search_model(num_classes: int, input_shape: tuple[int, int, int], *,
   network = SearchNetwork(num_classes, init_channels, num_cells, name="search_network")
   model = SearchModel(network, method=method, order=order, lambda_train=lambda_train,
                       lambda_val=lambda_val, weight_decay=weight_decay,
-                      arch_weight_decay=arch_weight_decay, grad_clip=grad_clip)
+                      arch_weight_decay=arch_weight_decay, grad_clip=grad_clip,
+                      hessian=hessian, virtual_step=virtual_step)
   model.build((None,) + tuple(input_shape))
   schedule = optimization.EpochCosineDecay(learning_rate, learning_rate_min, epochs,
                                            steps_per_epoch)
@@ -118,6 +124,8 @@ class SearchResult:
 def _check_config(config: ml_collections.ConfigDict) -> None:
   update_rules.get_rule(config.method)
   update_rules.check_order(config.order)
+  update_rules.check_choice("hessian", config.hessian, second_order.HESSIANS)
+  update_rules.check_choice("virtual step", config.virtual_step, second_order.VIRTUAL_STEPS)
   datasets.dataset_info(config.dataset)
   for key in ("epochs", "batch_size", "init_channels", "num_cells"):
     if int(config[key]) < 1:
@@ -186,7 +194,8 @@ def run_search(config: ml_collections.ConfigDict, output_dir: str, *,
       momentum=config.momentum, weight_decay=config.weight_decay,
       grad_clip=config.grad_clip, arch_learning_rate=config.arch_learning_rate,
       arch_weight_decay=config.arch_weight_decay, lambda_train=config.lambda_train,
-      lambda_val=config.lambda_val)
+      lambda_val=config.lambda_val, hessian=config.hessian,
+      virtual_step=config.virtual_step)
   checkpoint_dir = os.path.join(output_dir, "checkpoints")
   if not resuming:  # Written once data and model are known to work.
     os.makedirs(output_dir, exist_ok=True)

@@ -124,7 +124,7 @@ class MixedOps(keras.layers.Layer):
     relu = tf.nn.relu(x)
 
     def edge_scale(col):  # An op's weight on each edge, as a (edge, channel) BN scale.
-      return tf.repeat(tf.cast(weights[:, col], tf.float32), c)
+      return tf.repeat(weights[:, col], c)
 
     # The weighted sum over ops is folded into the last batch norm of every
     # parametric branch: w * BN(y) is BN(y) with scale w (the BN has no affine terms).

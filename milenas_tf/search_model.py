@@ -9,6 +9,12 @@
   grad_alpha L_tr together, one pass on the val batch grad_alpha L_val; alpha and w
   are updated simultaneously (two passes).
 
+The second-order methods (`milenas_2nd`, `darts_2nd`) compute grad_w L_tr(w, alpha)
+for the virtual step w' (reused as the w step's gradient in the fused order), one
+pass with respect to alpha and w at w' per split, and the Hessian-vector products
+(two alpha passes per split by finite differences, or one double-backward pass for
+all splits when exact); see `update_rules` and `second_order`.
+
 Each pass is one traced function (loss and gradients with respect to a fixed set
 of variables) called as often as the step needs it: the network is traced once per
 pass kind, not once per call.
@@ -20,22 +26,35 @@ import keras
 import tensorflow as tf
 
 from milenas_tf import optimization
+from milenas_tf import second_order
 from milenas_tf import update_rules
 from milenas_tf.search_network import SearchNetwork
 
 
 def cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-  """Mean softmax cross-entropy over the batch."""
+  """Mean softmax cross-entropy over the batch, in float32 (float64 kept)."""
+  if logits.dtype != tf.float64:
+    logits = tf.cast(logits, tf.float32)
   return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-      tf.cast(labels, tf.int32), tf.cast(logits, tf.float32)))
+      tf.cast(labels, tf.int32), logits))
 
 
 class _Passes:
-  """Alpha gradients of one step, each computed once and only when asked for."""
+  """Alpha gradients of one step, each computed once and only when asked for.
 
-  def __init__(self, model: "SearchModel", train_batch, val_batch, train_alpha=None):
+  For the second-order methods (`update_rules.SecondOrderPasses`) it also
+  evaluates passes at the virtual weights w' and at w +/- eps v by assigning them
+  to the network's variables; `SearchModel.arch_gradients` restores every
+  variable afterwards.
+  """
+
+  def __init__(self, model: "SearchModel", train_batch, val_batch, train_alpha=None,
+               train_weights=None):
     self._model, self._train, self._val = model, train_batch, val_batch
     self._train_alpha, self._val_alpha = train_alpha, None
+    self._train_weights = train_weights
+    self._weights = self._virtual = None
+    self._unrolled = {}
 
   def train_alpha_grads(self):
     if self._train_alpha is None:
@@ -46,6 +65,49 @@ class _Passes:
     if self._val_alpha is None:
       self._val_alpha = self._model.gradient_pass("alpha", *self._val)[2]
     return self._val_alpha
+
+  # Second order.
+
+  @property
+  def xi(self):
+    return self._model.virtual_learning_rate()
+
+  def _original_weights(self):
+    if self._weights is None:
+      self._weights = [tf.identity(tf.convert_to_tensor(v))
+                       for v in self._model.network.weight_variables]
+    return self._weights
+
+  def _pass_at(self, weights, wrt, batch):
+    second_order.assign(self._model.network.weight_variables, weights)
+    return self._model.gradient_pass(wrt, *batch)[2]
+
+  def unrolled_grads(self, split):
+    if split not in self._unrolled:
+      weights = self._original_weights()
+      if self._virtual is None:
+        grads = self._train_weights
+        if grads is None:
+          grads = self._pass_at(weights, "weights", self._train)
+        self._virtual = self._model.virtual_weights(weights, grads)
+      grads = self._pass_at(self._virtual, "all", self._train if split == "train" else self._val)
+      num_alpha = len(self._model.network.arch_variables)
+      self._unrolled[split] = (grads[:num_alpha], grads[num_alpha:])
+    return self._unrolled[split]
+
+  def hessian_vector_products(self, terms):
+    model, weights = self._model, self._original_weights()
+    if model.hessian == "exact":  # Linear in v: one product along the weighted sum.
+      vector = [tf.add_n([c * v[i] for c, v in terms]) for i in range(len(weights))]
+      second_order.assign(model.network.weight_variables, weights)
+      return model.hessian_vector_product(*self._train, vector)
+    products = [
+        second_order.finite_difference_hvp(
+            lambda at: self._pass_at(at, "alpha", self._train), weights, v,
+            model.finite_difference_radius)
+        for _, v in terms]
+    return [tf.add_n([c * p[i] for (c, _), p in zip(terms, products)])
+            for i in range(len(products[0]))]
 
 
 class SearchModel(keras.Model):
@@ -60,15 +122,23 @@ class SearchModel(keras.Model):
     weight_decay: coupled L2 on w.
     arch_weight_decay: coupled L2 on alpha.
     grad_clip: global-norm clip of grad_w (None or 0: no clipping).
+    hessian: second-order methods: "finite_difference" (the papers') or "exact"
+      (nested tapes); see `second_order`.
+    virtual_step: second-order methods: "optimizer" (w' is the w optimiser's next
+      step with momentum and coupled decay, unclipped, as the reference code) or
+      "sgd" (the papers' w - xi grad_w L_tr).
+    finite_difference_radius: eps * ||v|| of the finite differences.
 
   Raises:
-    UserInputError: for an unknown method or order.
+    UserInputError: for an unknown method, order, hessian or virtual step.
   """
 
   def __init__(self, network: SearchNetwork, method: str = "milenas",
                order: str = "reference", lambda_train: float = 1.0,
                lambda_val: float = 1.0, weight_decay: float = 3e-4,
-               arch_weight_decay: float = 1e-3, grad_clip: float | None = 5.0, **kwargs):
+               arch_weight_decay: float = 1e-3, grad_clip: float | None = 5.0,
+               hessian: str = "finite_difference", virtual_step: str = "optimizer",
+               finite_difference_radius: float = 0.01, **kwargs):
     super().__init__(**kwargs)
     self.rule = update_rules.get_rule(method)
     self.method, self.order = method, update_rules.check_order(order)
@@ -76,6 +146,11 @@ class SearchModel(keras.Model):
     self.lambda_train, self.lambda_val = lambda_train, lambda_val
     self.weight_decay, self.arch_weight_decay = weight_decay, arch_weight_decay
     self.grad_clip = grad_clip
+    self.second_order = method in update_rules.SECOND_ORDER_METHODS
+    self.hessian = update_rules.check_choice("hessian", hessian, second_order.HESSIANS)
+    self.virtual_step = update_rules.check_choice("virtual step", virtual_step,
+                                                  second_order.VIRTUAL_STEPS)
+    self.finite_difference_radius = finite_difference_radius
     self.loss_tracker = keras.metrics.Mean(name="loss")
     self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
     self._pass_functions = {}
@@ -124,6 +199,29 @@ class SearchModel(keras.Model):
       self._pass_functions[wrt] = tf.function(loss_and_grads)
     return self._pass_functions[wrt](x, y)
 
+  def hessian_vector_product(self, x, y, vector):
+    """grad^2_{alpha,w} L(w, alpha) v on the batch (x, y), by nested tapes; one tf.function."""
+    if "hvp" not in self._pass_functions:
+      def hvp(x, y, vector):
+        return second_order.exact_hvp(
+            lambda: cross_entropy(y, self.network(x, training=True)),
+            self.network.weight_variables, self.network.arch_variables, vector)
+      self._pass_functions["hvp"] = tf.function(hvp)
+    return self._pass_functions["hvp"](x, y, vector)
+
+  def virtual_learning_rate(self) -> tf.Tensor:
+    """xi of the virtual step: the w learning rate of the coming step."""
+    return tf.convert_to_tensor(self.optimizer.learning_rate)
+
+  def virtual_weights(self, weights, grads) -> list[tf.Tensor]:
+    """w' from w and grad_w L_tr(w, alpha) (see `virtual_step` in the class docstring)."""
+    if self.virtual_step == "sgd":
+      return second_order.virtual_step(weights, grads, self.virtual_learning_rate())
+    return second_order.virtual_step(
+        weights, grads, self.virtual_learning_rate(), weight_decay=self.weight_decay,
+        momentum=float(getattr(self.optimizer, "momentum", 0.0)),
+        velocities=getattr(self.optimizer, "momentums", None))
+
   def apply_arch_gradients(self, grads) -> None:
     """Coupled decay, then the alpha optimiser."""
     alphas = self.network.arch_variables
@@ -138,8 +236,17 @@ class SearchModel(keras.Model):
     self.optimizer.apply_gradients(zip(grads, weights))
 
   def arch_gradients(self, passes: update_rules.GradientPasses):
-    """The method's alpha gradient from the step's passes."""
-    return self.rule(passes, lambda_train=self.lambda_train, lambda_val=self.lambda_val)
+    """The method's alpha gradient from the step's passes.
+
+    Second-order methods evaluate passes at other weights; every variable of the
+    network (w and the batch-norm statistics) is restored, bit for bit, after.
+    """
+    if not self.second_order:
+      return self.rule(passes, lambda_train=self.lambda_train, lambda_val=self.lambda_val)
+    network = self.network
+    with second_order.preserved(network.weight_variables + network.non_trainable_variables):
+      grads = self.rule(passes, lambda_train=self.lambda_train, lambda_val=self.lambda_val)
+    return grads
 
   def train_step(self, data):
     (x_train, y_train), (x_val, y_val) = data
@@ -147,7 +254,7 @@ class SearchModel(keras.Model):
     if self.order == "fused":
       loss, logits, grads = self.gradient_pass("all", x_train, y_train)
       passes = _Passes(self, (x_train, y_train), (x_val, y_val),
-                       train_alpha=grads[:num_alpha])
+                       train_alpha=grads[:num_alpha], train_weights=grads[num_alpha:])
       self.apply_arch_gradients(self.arch_gradients(passes))
       self.apply_weight_gradients(grads[num_alpha:])
     else:

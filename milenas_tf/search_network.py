@@ -104,7 +104,8 @@ class SearchNetwork(keras.Model):
       s0, s1 = s1, cell([s0, s1], weights, training=training)
     pooled = tf.reduce_mean(s1, axis=[1, 2])
     logits = tf.matmul(pooled, tf.cast(self.classifier_kernel, pooled.dtype))
-    return tf.cast(logits + tf.cast(self.classifier_bias, logits.dtype), tf.float32)
+    logits = logits + tf.cast(self.classifier_bias, logits.dtype)
+    return logits if logits.dtype == tf.float64 else tf.cast(logits, tf.float32)
 
   def genotype(self) -> genotypes.Genotype:
     """The discrete cell derived from the current alpha (DARTS's rule)."""

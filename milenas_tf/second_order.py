@@ -1,0 +1,144 @@
+"""The pieces of the second-order alpha gradient: virtual step, Hessian-vector products.
+
+MiLeNAS supplementary Section B (and DARTS Eq. 7-8) approximate w*(alpha) by one
+virtual SGD step, w' = w - xi grad_w L_tr(w, alpha), and need the mixed second
+derivative of the training loss along a vector v of the shape of w:
+
+    H v = grad^2_{alpha, w} L_tr(w, alpha) v = grad_alpha <grad_w L_tr(w, alpha), v>.
+
+Two ways to compute it:
+
+- `finite_difference_hvp` (the papers'): central differences of grad_alpha L_tr at
+  w+ = w + eps v and w- = w - eps v, eps = radius / ||v||; two passes, error O(eps^2).
+- `exact_hvp`: the gradient of <grad_w L_tr, v> with respect to alpha by nested
+  gradient tapes; one double-backward pass, exact to rounding.
+
+The functions are pure over tensors and variables: the caller evaluates passes at
+other weights by assigning them (`assign`) inside `preserved`, which puts every
+variable back, bit for bit, when it exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator, Sequence
+
+import tensorflow as tf
+
+HESSIANS = ("finite_difference", "exact")
+VIRTUAL_STEPS = ("optimizer", "sgd")
+
+Tensors = Sequence[tf.Tensor]
+
+
+def virtual_step(weights: Tensors, grads: Tensors, xi: tf.Tensor, *,
+                 weight_decay: float = 0.0, momentum: float = 0.0,
+                 velocities: Sequence | None = None) -> list[tf.Tensor]:
+  """One virtual SGD step, w' = w - xi (g + weight_decay w) + momentum m.
+
+  With `weight_decay=0` and no velocities this is the papers' w - xi grad_w L_tr.
+  With the w optimiser's coupled decay, momentum and velocity slots it is the
+  step that optimiser would take next, unclipped (the reference code's
+  `_compute_unrolled_model`; Keras keeps the learning rate inside the velocity
+  m, so momentum * m is PyTorch's -xi * momentum * buffer at a constant rate).
+
+  Args:
+    weights: w, tensors or variables.
+    grads: grad_w L_tr(w, alpha).
+    xi: the step size (the current w learning rate).
+    weight_decay: coupled L2 added to the gradient.
+    momentum: the optimiser's momentum.
+    velocities: the optimiser's velocity per weight, or None (no momentum term).
+
+  Returns:
+    w', one tensor per weight.
+  """
+  out = []
+  for i, (w, g) in enumerate(zip(weights, grads)):
+    w = tf.convert_to_tensor(w)
+    xi_ = tf.cast(xi, w.dtype)
+    step = -xi_ * (tf.cast(g, w.dtype) + weight_decay * w)
+    if velocities and momentum:
+      step += momentum * tf.cast(velocities[i], w.dtype)
+    out.append(w + step)
+  return out
+
+
+def global_norm(tensors: Tensors) -> tf.Tensor:
+  """sqrt(sum ||t||^2) over all tensors."""
+  return tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(t)) for t in tensors]))
+
+
+def finite_difference_hvp(alpha_grads_at: Callable[[Tensors], Tensors],
+                          weights: Tensors, vector: Tensors,
+                          radius: float = 0.01) -> list[tf.Tensor]:
+  """H v by central differences (MiLeNAS supplementary B; DARTS Eq. 8).
+
+      H v ~ (grad_alpha L_tr(w + eps v) - grad_alpha L_tr(w - eps v)) / (2 eps),
+      eps = radius / ||v||.
+
+  Args:
+    alpha_grads_at: maps weight values to grad_alpha L_tr at those weights.
+    weights: w (the points w +/- eps v are built from w, not from w').
+    vector: v.
+    radius: eps * ||v||, the length of the perturbation (0.01 in the papers).
+
+  Returns:
+    The approximate product, one tensor per alpha.
+  """
+  weights = [tf.convert_to_tensor(w) for w in weights]
+  norm = global_norm(vector)
+  # v = 0 gives a zero product; the guard keeps eps finite.
+  eps = radius / tf.maximum(norm, tf.constant(1e-12, norm.dtype))
+  plus = alpha_grads_at([w + tf.cast(eps, w.dtype) * v for w, v in zip(weights, vector)])
+  minus = alpha_grads_at([w - tf.cast(eps, w.dtype) * v for w, v in zip(weights, vector)])
+  return [(p - m) / tf.cast(2.0 * eps, p.dtype) for p, m in zip(plus, minus)]
+
+
+def exact_hvp(loss_fn: Callable[[], tf.Tensor], weights: Sequence, alphas: Sequence,
+              vector: Tensors) -> list[tf.Tensor]:
+  """H v = grad_alpha <grad_w L_tr(w, alpha), v> by nested gradient tapes.
+
+  Args:
+    loss_fn: computes L_tr from the current variables.
+    weights: the variables w.
+    alphas: the variables alpha.
+    vector: v, one tensor per weight.
+
+  Returns:
+    The product, one tensor per alpha.
+  """
+  with tf.GradientTape(watch_accessed_variables=False) as outer:
+    outer.watch(_tf_variables(alphas))
+    with tf.GradientTape(watch_accessed_variables=False) as inner:
+      inner.watch(_tf_variables(weights))
+      loss = loss_fn()
+    grads = inner.gradient(loss, weights)
+    dot = tf.add_n([tf.reduce_sum(g * tf.cast(v, g.dtype))
+                    for g, v in zip(grads, vector) if g is not None])
+  return outer.gradient(dot, alphas, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+def _tf_variables(variables: Sequence) -> list:
+  # Keras variables wrap a tf.Variable, which is what a tape can watch.
+  return [getattr(v, "value", v) for v in variables]
+
+
+def assign(variables: Sequence, values: Tensors) -> None:
+  """Assigns each value to its variable."""
+  for variable, value in zip(variables, values):
+    variable.assign(tf.cast(value, variable.dtype))
+
+
+@contextlib.contextmanager
+def preserved(variables: Sequence) -> Iterator[list[tf.Tensor]]:
+  """Snapshots `variables`; on exit assigns the snapshot back (bit-exact).
+
+  Yields:
+    The snapshot, one tensor per variable.
+  """
+  snapshot = [tf.identity(tf.convert_to_tensor(v)) for v in variables]
+  try:
+    yield snapshot
+  finally:
+    assign(variables, snapshot)

@@ -1,0 +1,300 @@
+"""Second-order search: virtual step, Hessian-vector products and the 2nd-order rules.
+
+The gradient checks run a tiny search network in float64, eagerly, against
+independent computations: Keras's `stateless_call` evaluates the network at
+arbitrary weights, so the virtual step can be differentiated through directly.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from milenas_tf import optimization
+from milenas_tf import search
+from milenas_tf import second_order
+from milenas_tf import update_rules
+from milenas_tf.errors import UserInputError
+from milenas_tf.search_model import _Passes, cross_entropy
+
+SHAPE = (8, 8, 1)
+BATCH = 4
+XI = 0.5  # a large virtual step, so that the implicit term weighs
+
+
+@pytest.fixture
+def float64():
+  keras.config.set_floatx("float64")
+  tf.config.run_functions_eagerly(True)
+  try:
+    yield
+  finally:
+    keras.config.set_floatx("float32")
+    tf.config.run_functions_eagerly(False)
+
+
+def tiny_model(method="milenas_2nd", xi=XI, **kwargs):
+  tf.keras.utils.set_random_seed(0)
+  model = search.build_search_model(
+      num_classes=3, input_shape=SHAPE, init_channels=4, num_cells=3, method=method,
+      epochs=4, steps_per_epoch=10, learning_rate=xi, learning_rate_min=xi, **kwargs)
+  rng = np.random.default_rng(1)
+  for v in model.network.arch_variables:
+    v.assign(rng.normal(size=v.shape))
+  return model
+
+
+def batches(dtype=tf.float64):
+  rng = np.random.default_rng(7)
+  make = lambda: (tf.constant(rng.normal(size=(BATCH,) + SHAPE), dtype),
+                  tf.constant(rng.integers(0, 3, BATCH), tf.int32))
+  return make(), make()
+
+
+def random_like(variables, seed=3):
+  rng = np.random.default_rng(seed)
+  return [tf.constant(rng.normal(size=v.shape), v.dtype) for v in variables]
+
+
+class Stateless:
+  """The tiny network's loss as a function of (w, alpha) tensors."""
+
+  def __init__(self, network):
+    self.network = network
+    position = {id(v): i for i, v in enumerate(network.trainable_variables)}
+    self.w_at = [position[id(v)] for v in network.weight_variables]
+    self.alpha_at = [position[id(v)] for v in network.arch_variables]
+    self.non_trainable = [tf.identity(v.value) for v in network.non_trainable_variables]
+
+  def loss(self, w, alphas, batch):
+    values = [None] * len(self.network.trainable_variables)
+    for i, t in zip(self.w_at, w):
+      values[i] = t
+    for i, t in zip(self.alpha_at, alphas):
+      values[i] = t
+    logits, _ = self.network.stateless_call(values, self.non_trainable, batch[0],
+                                            training=True)
+    return cross_entropy(batch[1], logits)
+
+  def alpha_grads(self, w, alphas, batch):
+    with tf.GradientTape() as tape:
+      tape.watch(alphas)
+      loss = self.loss(w, alphas, batch)
+    return tape.gradient(loss, alphas)
+
+
+def values(variables):
+  return [tf.identity(v.value) for v in variables]
+
+
+def assert_close(got, want, rtol, atol=0.0):
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=rtol, atol=atol)
+
+
+def relative_error(got, want):
+  diff = np.sqrt(sum(np.sum((np.asarray(g) - np.asarray(w)) ** 2) for g, w in zip(got, want)))
+  return diff / np.sqrt(sum(np.sum(np.asarray(w) ** 2) for w in want))
+
+
+# Pure functions.
+
+
+def test_finite_difference_hvp_error_is_the_central_difference_term():
+  """f = sum(alpha * w^3): exact H v = 3 w^2 v; central differences add eps^2 v^3."""
+  w = [tf.constant([0.5, -1.0, 2.0], tf.float64)]
+  v = [tf.constant([1.0, 2.0, -2.0], tf.float64)]
+  radius = 0.3
+  got = second_order.finite_difference_hvp(lambda at: [at[0] ** 3], w, v, radius)
+  eps = radius / np.linalg.norm(v[0].numpy())
+  want = 3 * w[0].numpy() ** 2 * v[0].numpy() + eps ** 2 * v[0].numpy() ** 3
+  np.testing.assert_allclose(got[0].numpy(), want, rtol=1e-12)
+
+
+def test_finite_difference_hvp_of_a_zero_vector_is_zero():
+  w, v = [tf.constant([1.0, 2.0])], [tf.zeros(2)]
+  got = second_order.finite_difference_hvp(lambda at: [at[0] ** 2], w, v)
+  np.testing.assert_array_equal(got[0].numpy(), [0.0, 0.0])
+
+
+def test_preserved_restores_variables_bit_exactly():
+  v = tf.Variable([0.1, 0.7, 1e-8], dtype=tf.float32)
+  before = v.numpy().copy()
+
+  @tf.function
+  def perturb_and_restore():
+    with second_order.preserved([v]) as (snapshot,):
+      v.assign_add([1e3, -1e3, 1.0])
+      v.assign(v * 3.0 + snapshot)
+    return v.read_value()
+
+  np.testing.assert_array_equal(perturb_and_restore().numpy(), before)
+
+
+class FakePasses:
+  """Second-order passes with a linear 'Hessian' M (alpha = 2 values, w = 3)."""
+
+  xi = tf.constant(0.25)
+  M = tf.constant([[1.0, 2.0, 0.0], [0.0, -1.0, 3.0]])
+
+  def __init__(self):
+    self.splits, self.terms = [], None
+
+  def unrolled_grads(self, split):
+    self.splits.append(split)
+    g_alpha = tf.constant([1.0, 2.0]) if split == "val" else tf.constant([-3.0, 0.5])
+    v = tf.constant([1.0, 0.0, 2.0]) if split == "val" else tf.constant([0.0, 4.0, 1.0])
+    return [g_alpha], [v]
+
+  def hessian_vector_products(self, terms):
+    self.terms = terms
+    return [tf.add_n([c * tf.linalg.matvec(self.M, v[0]) for c, v in terms])]
+
+
+def test_second_order_rules_compose_direct_and_implicit_terms():
+  passes = FakePasses()
+  got = update_rules.milenas_2nd(passes, lambda_train=0.5, lambda_val=2.0)[0].numpy()
+  m, xi = FakePasses.M.numpy(), 0.25
+  g_val = np.array([1.0, 2.0]) - xi * m @ np.array([1.0, 0.0, 2.0])
+  g_tr = np.array([-3.0, 0.5]) - xi * m @ np.array([0.0, 4.0, 1.0])
+  np.testing.assert_allclose(got, 2.0 * g_val + 0.5 * g_tr, rtol=1e-6)
+  assert [c for c, _ in passes.terms] == [2.0, 0.5]
+
+  passes = FakePasses()
+  got = update_rules.darts_2nd(passes)[0].numpy()
+  np.testing.assert_allclose(got, g_val, rtol=1e-6)
+  assert passes.splits == ["val"]  # no train pass at w' for DARTS
+
+
+# The tiny network, float64.
+
+
+def test_exact_hvp_equals_a_float64_finite_difference(float64):
+  model = tiny_model()
+  net = model.network
+  train, _ = batches()
+  v = random_like(net.weight_variables)
+  got = model.hessian_vector_product(*train, v)
+
+  stateless = Stateless(net)
+  w, alphas = values(net.weight_variables), values(net.arch_variables)
+  h = 1e-5 / np.sqrt(sum(np.sum(t.numpy() ** 2) for t in v))
+  plus = stateless.alpha_grads([a + h * b for a, b in zip(w, v)], alphas, train)
+  minus = stateless.alpha_grads([a - h * b for a, b in zip(w, v)], alphas, train)
+  want = [(p - m) / (2 * h) for p, m in zip(plus, minus)]
+  assert relative_error(got, want) < 1e-8
+  assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("method,coefficients", [
+    ("darts_2nd", {"val": 1.0}), ("milenas_2nd", {"val": 1.3, "train": 0.6})])
+def test_exact_second_order_gradient_differentiates_through_the_virtual_step(
+    float64, method, coefficients):
+  model = tiny_model(method, hessian="exact", virtual_step="sgd", lambda_val=1.3,
+                     lambda_train=0.6)
+  net = model.network
+  train, val = batches()
+  got = model.arch_gradients(_Passes(model, train, val))
+
+  stateless = Stateless(net)
+  w, alphas = values(net.weight_variables), values(net.arch_variables)
+  with tf.GradientTape() as outer:
+    outer.watch(alphas)
+    with tf.GradientTape() as inner:
+      inner.watch(w)
+      train_loss = stateless.loss(w, alphas, train)
+    w_virtual = [a - XI * g for a, g in zip(w, inner.gradient(train_loss, w))]
+    objective = sum(c * stateless.loss(w_virtual, alphas, val if s == "val" else train)
+                    for s, c in coefficients.items())
+  want = outer.gradient(objective, alphas)
+  assert_close(got, want, rtol=1e-8, atol=1e-12)
+  # The implicit term matters: the first-order gradient at w' alone is far off.
+  direct = [tf.zeros_like(a) for a in alphas]
+  for s, c in coefficients.items():
+    grads = stateless.alpha_grads(w_virtual, alphas, val if s == "val" else train)
+    direct = [d + c * g for d, g in zip(direct, grads)]
+  assert relative_error(direct, want) > 1e-2
+
+
+@pytest.mark.parametrize("method", ["darts_2nd", "milenas_2nd"])
+def test_finite_differences_agree_with_exact(float64, method):
+  """Central differences approach the exact product: truncation O(eps^2), rounding O(u/eps).
+
+  The radius is below the scale at which perturbations of this tiny ReLU network
+  cross kinks (ReLU, max pooling); across a kink the difference quotient measures
+  a jump of the gradient rather than a second derivative (see docs/search_methods.md).
+  """
+  train, val = batches()
+  model = tiny_model(method, hessian="exact")
+  exact = model.arch_gradients(_Passes(model, train, val))
+  model = tiny_model(method)
+  model.finite_difference_radius = 1e-6
+  got = model.arch_gradients(_Passes(model, train, val))
+  assert relative_error(got, exact) < 1e-6
+
+
+@pytest.mark.parametrize("second,first,hessian", [
+    ("milenas_2nd", "milenas", "finite_difference"), ("darts_2nd", "darts_1st", "exact")])
+def test_zero_virtual_step_reduces_to_first_order(float64, second, first, hessian):
+  train, val = batches()
+  model = tiny_model(second, xi=0.0, hessian=hessian, lambda_train=0.7)
+  got = model.arch_gradients(_Passes(model, train, val))
+  model = tiny_model(first, xi=0.0, lambda_train=0.7)
+  want = model.arch_gradients(_Passes(model, train, val))
+  assert_close(got, want, rtol=1e-10, atol=1e-14)
+
+
+def test_optimizer_virtual_step_is_the_next_unclipped_optimizer_step(float64):
+  model = tiny_model("milenas_2nd", grad_clip=None)
+  train, val = batches()
+  model.train_step((train, val))  # non-zero momentum slots
+  weights = model.network.weight_variables
+  assert any(np.any(m.numpy()) for m in model.optimizer.momentums)
+  grads = random_like(weights, seed=5)
+  w_virtual = model.virtual_weights(values(weights), grads)
+  model.optimizer.apply_gradients(
+      zip(optimization.add_l2(grads, weights, model.weight_decay), weights))
+  # Keras holds the momentum hyper-parameter in float32 (0.9 -> 0.899999976).
+  assert_close(w_virtual, values(weights), rtol=1e-7, atol=1e-7)
+
+
+# Graph mode, float32, as the search runs.
+
+
+def test_second_order_gradient_leaves_every_variable_bit_exact(float64):
+  """Eager, and traced (where assignments and reads must keep their order)."""
+  model = tiny_model("milenas_2nd")
+  train, val = batches()
+  variables = model.network.variables
+  before = [v.numpy().copy() for v in variables]
+
+  def check_unchanged(what):
+    for v, b in zip(variables, before):
+      np.testing.assert_array_equal(v.numpy(), b, err_msg=f"{what}: {v.path}")
+
+  results = {}
+  for hessian in second_order.HESSIANS:
+    model.hessian = hessian
+    results[hessian] = model.arch_gradients(_Passes(model, train, val))
+    check_unchanged(f"eager, {hessian}")
+  model.hessian = "finite_difference"
+  tf.config.run_functions_eagerly(False)
+  # The graph optimiser is not under test; without it the first call is faster.
+  tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+  try:
+    traced = tf.function(lambda t, v: model.arch_gradients(_Passes(model, t, v)))(train, val)
+  finally:
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": False})
+  check_unchanged("traced, finite_difference")
+  # In float64 a read before its assignment would show far above rounding.
+  assert relative_error(traced, results["finite_difference"]) < 1e-10
+  assert relative_error(results["exact"], results["finite_difference"]) > 1e-6
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(hessian="newton"), "Unknown hessian 'newton'; choose one of finite_difference, exact"),
+    (dict(virtual_step="adam"), "Unknown virtual step 'adam'; choose one of optimizer, sgd")])
+def test_unknown_second_order_options_are_refused(kwargs, message):
+  with pytest.raises(UserInputError, match=message):
+    search.build_search_model(num_classes=3, input_shape=SHAPE, init_channels=4,
+                              num_cells=3, method="darts_2nd", **kwargs)
