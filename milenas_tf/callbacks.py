@@ -1,9 +1,10 @@
-"""Keras callbacks of the search: resumable checkpoints and architecture logging."""
+"""Keras callbacks of the search: resumable checkpoints, architecture and epoch logs."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 
 import keras
 import numpy as np
@@ -118,3 +119,40 @@ class ArchitectureLogger(keras.callbacks.Callback):
                               ("alpha", self.model.arch_optimizer)):
         tf.summary.scalar(f"learning_rate/{name}", last_learning_rate(optimizer), step=step)
     self.writer.flush()
+
+
+class EpochLog(keras.callbacks.Callback):
+  """Appends one JSON line per finished epoch: epoch, wall seconds and the metrics.
+
+  The file survives interruptions; a resumed run appends to it. An epoch run
+  twice (interrupted after logging, before its checkpoint) appears twice;
+  `read_epoch_log` keeps the last record of each epoch.
+
+  Args:
+    path: the `.jsonl` file.
+  """
+
+  def __init__(self, path: str):
+    super().__init__()
+    self.path = path
+    self._start = None
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._start = time.perf_counter()
+
+  def on_epoch_end(self, epoch, logs=None):
+    record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - self._start, 3)}
+    record.update({k: float(v) for k, v in (logs or {}).items()})
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+
+def read_epoch_log(path: str) -> list[dict]:
+  """The records of an `EpochLog` file, one per epoch (the last one), by epoch."""
+  records = {}
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        record = json.loads(line)
+        records[record["epoch"]] = record
+  return [records[e] for e in sorted(records)]

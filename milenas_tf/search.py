@@ -4,6 +4,7 @@
 
 - `config.json`: the configuration of the run (a rerun must match it);
 - `genotype.json` (latest, with its epoch) and `genotypes/epoch_NNN.json`;
+- `epochs.jsonl`: one line per epoch: wall seconds, losses and accuracies;
 - `alphas.npz`: the final alpha (`alphas_normal`, `alphas_reduce`);
 - `normal.png`, `reduce.png`: the final cells drawn;
 - `checkpoints/`: the state of the last finished epoch (weights, alpha, both
@@ -33,6 +34,7 @@ from milenas_tf.search_model import SearchModel
 from milenas_tf.search_network import SearchNetwork
 
 CONFIG_FILE = "config.json"
+EPOCH_LOG = "epochs.jsonl"
 # Keys that may differ between a run and its resumption (where the data comes from).
 _RESUME_FREE_KEYS = ("data_dir", "data_source")
 
@@ -212,6 +214,7 @@ def run_search(config: ml_collections.ConfigDict, output_dir: str, *,
         callbacks=[callbacks.ArchitectureLogger(output_dir, log_dir),
                    keras.callbacks.TensorBoard(log_dir, write_graph=False,
                                                profile_batch=0),
+                   callbacks.EpochLog(os.path.join(output_dir, EPOCH_LOG)),
                    callbacks.EpochCheckpoint(checkpoint_dir)] + (extra_callbacks or []))
     history = fit.history
   genotype = model.network.genotype()

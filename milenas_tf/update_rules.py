@@ -76,6 +76,9 @@ def single_level(passes: GradientPasses, **unused) -> list[tf.Tensor]:
 def _unrolled(passes: SecondOrderPasses, coefficients: dict[str, float]
               ) -> list[tf.Tensor]:
   """sum_s c_s G_s over the splits s with a non-zero coefficient c_s."""
+  if not any(coefficients.values()):
+    raise UserInputError("lambda_val and lambda_train are both 0: the alpha gradient would "
+                         "be zero; set at least one of them.")
   unrolled = {s: passes.unrolled_grads(s) for s, c in coefficients.items() if c}
   direct = [tf.add_n([coefficients[s] * g[0][i] for s, g in unrolled.items()])
             for i in range(len(next(iter(unrolled.values()))[0]))]

@@ -7,6 +7,9 @@ import sys
 
 import pytest
 
+from milenas_tf import benchmarks
+from milenas_tf.errors import UserInputError
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = {"benchmark", "config", "method", "order", "first_step_s", "step_s", "images_per_s",
         "peak_memory_mb"}
@@ -34,3 +37,28 @@ def test_unknown_configuration_is_refused_before_running():
   proc = run("--configs=huge")
   assert proc.returncode == 2
   assert "error: Unknown benchmark configuration 'huge'" in proc.stderr
+
+
+def test_second_order_methods_get_one_job_per_hessian():
+  jobs = benchmarks.search_jobs(["tiny"], ["milenas", "darts_2nd"], ["reference"], 2,
+                                ["finite_difference", "exact"])
+  assert [(j["method"], j["hessian"]) for j in jobs] == [
+      ("milenas", None), ("darts_2nd", "finite_difference"), ("darts_2nd", "exact")]
+  with pytest.raises(UserInputError, match="Unknown hessian 'newton'"):
+    benchmarks.search_jobs(["tiny"], ["darts_2nd"], ["reference"], 2, ["newton"])
+
+
+def test_ratios_are_to_milenas_of_the_same_configuration_and_order():
+  results = [
+      dict(config="paper", order="reference", method="milenas", first_step_s=100.0,
+           step_s=20.0, peak_memory_mb=4000.0),
+      dict(config="paper", order="reference", method="darts_2nd", first_step_s=150.0,
+           step_s=50.0, peak_memory_mb=5000.0),
+      dict(config="paper", order="fused", method="darts_2nd", first_step_s=1.0,
+           step_s=1.0, peak_memory_mb=1.0),
+  ]
+  out = list(benchmarks.with_ratios(results))
+  assert out[0]["step_s_vs_milenas"] == 1.0
+  assert (out[1]["first_step_s_vs_milenas"], out[1]["step_s_vs_milenas"],
+          out[1]["peak_memory_mb_vs_milenas"]) == (1.5, 2.5, 1.25)
+  assert "step_s_vs_milenas" not in out[2]  # no milenas result in the fused order

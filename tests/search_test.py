@@ -11,7 +11,7 @@ import pytest
 
 from milenas_tf import genotypes
 from milenas_tf import search
-from milenas_tf.callbacks import EpochCheckpoint
+from milenas_tf.callbacks import EpochCheckpoint, read_epoch_log
 from milenas_tf.errors import UserInputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,6 +69,10 @@ def test_resumed_search_continues_from_the_saved_epoch(interrupted_then_resumed)
   assert result.resumed_after == 1
   assert len(result.history["loss"]) == 1  # only the second epoch ran again
   assert EpochCheckpoint.finished_epochs(os.path.join(out, "checkpoints")) == 2
+  records = read_epoch_log(os.path.join(out, search.EPOCH_LOG))
+  assert [r["epoch"] for r in records] == [1, 2]
+  assert all(r["seconds"] > 0 and 0 <= r["val_accuracy"] <= 1 for r in records)
+  assert records[1]["val_accuracy"] == pytest.approx(result.history["val_accuracy"][-1])
 
 
 def test_search_learns_and_moves_alpha(interrupted_then_resumed):
@@ -107,6 +111,8 @@ def test_non_empty_foreign_directory_is_refused(tmp_path):
 
 @pytest.mark.parametrize("flags,message", [
     (["--config.method=bogus"], "error: Unknown search method 'bogus'"),
+    (["--config.method=darts_2nd", "--config.hessian=newton"],
+     "error: Unknown hessian 'newton'; choose one of finite_difference, exact"),
     (["--config.dataset=mnist"], "error: Unknown dataset name 'mnist'"),
     (["--config.data_source=idx", "--config.data_dir=/nonexistent"],
      "dataset-fashion-mnist"),
@@ -120,3 +126,29 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, flags, message):
   assert message in proc.stderr
   assert "Traceback" not in proc.stderr
   assert not (tmp_path / "run").exists()  # nothing written for a run that cannot start
+
+
+def test_compare_methods_runs_second_order_and_reports(tmp_path):
+  out = tmp_path / "compare"
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "bin", "compare_methods.py"),
+       f"--output_dir={out}", "--methods=milenas,darts_2nd", "--config.limit=320",
+       "--config.epochs=1", "--config.init_channels=4", "--config.num_cells=3",
+       "--config.hessian=exact"],
+      capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(out / "comparison.json") as f:
+    report = json.load(f)
+  assert [m["method"] for m in report["methods"]] == ["milenas", "darts_2nd"]
+  milenas, darts_2nd = report["methods"]
+  assert milenas["epoch_time_vs_milenas"] == 1.0
+  assert darts_2nd["epoch_time_vs_milenas"] == pytest.approx(
+      darts_2nd["mean_epoch_s"] / milenas["mean_epoch_s"], abs=0.01)
+  with open(out / "darts_2nd" / "config.json") as f:
+    assert json.load(f)["method"] == "darts_2nd"
+  for m in report["methods"]:
+    assert genotypes.Genotype.from_dict(m["genotype"]) == genotypes.load_genotype(
+        str(out / m["method"] / "genotype.json"))
+    assert 0 <= m["final_val_accuracy"] <= 1
+  assert "| darts_2nd |" in (out / "comparison.md").read_text()
+  assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -164,6 +164,8 @@ def test_second_order_rules_compose_direct_and_implicit_terms():
   got = update_rules.darts_2nd(passes)[0].numpy()
   np.testing.assert_allclose(got, g_val, rtol=1e-6)
   assert passes.splits == ["val"]  # no train pass at w' for DARTS
+  with pytest.raises(UserInputError, match="lambda_val and lambda_train are both 0"):
+    update_rules.milenas_2nd(FakePasses(), lambda_train=0.0, lambda_val=0.0)
 
 
 # The tiny network, float64.
