@@ -24,12 +24,17 @@ XI = 0.5  # a large virtual step, so that the implicit term weighs
 
 @pytest.fixture
 def float64():
+  # Keras fixes its global dtype policy the first time any layer is built, so
+  # set the policy itself; floatx alone is ignored once another test has run.
+  floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
   keras.config.set_floatx("float64")
+  keras.config.set_dtype_policy("float64")
   tf.config.run_functions_eagerly(True)
   try:
     yield
   finally:
-    keras.config.set_floatx("float32")
+    keras.config.set_floatx(floatx)
+    keras.config.set_dtype_policy(policy)
     tf.config.run_functions_eagerly(False)
 
 
@@ -174,6 +179,7 @@ def test_second_order_rules_compose_direct_and_implicit_terms():
 def test_exact_hvp_equals_a_float64_finite_difference(float64):
   model = tiny_model()
   net = model.network
+  assert {v.dtype for v in net.variables} == {"float64"}
   train, _ = batches()
   v = random_like(net.weight_variables)
   got = model.hessian_vector_product(*train, v)
