@@ -90,14 +90,21 @@ def test_primitive_matches_reference_definition(name, stride, size):
   np.testing.assert_allclose(got.numpy(), want, atol=5e-5, rtol=1e-4)
 
 
-def test_dilated_stride_two_is_stride_one_subsampled():
-  """The definition: the stride-2 dilated conv is the stride-1 one at even positions."""
+@pytest.mark.parametrize("size", [8, 9])
+@pytest.mark.parametrize("kernel,padding", [(3, 2), (5, 4), (3, 3)])
+def test_dilated_stride_two_is_stride_one_subsampled(size, kernel, padding):
+  """The definition: the stride-2 dilated conv is the stride-1 one at even positions.
+
+  Padding 2 and 4 take the subsampled-input shortcut; padding 3 the general path.
+  """
   rng = np.random.default_rng(1)
-  x = rng.normal(size=(1, 9, 9, 3))
-  k = rng.normal(size=(5, 5, 3, 1))
-  got = ops.depthwise_conv(tf.constant(x), tf.constant(k), 2, 4, 2).numpy()
-  np.testing.assert_allclose(got, np_depthwise(x, k, 1, 4, 2)[:, ::2, ::2], atol=1e-9)
-  np.testing.assert_allclose(got, np_depthwise(x, k, 2, 4, 2), atol=1e-9)
+  x = rng.normal(size=(1, size, size, 3))
+  k = rng.normal(size=(kernel, kernel, 3, 1))
+  got = ops.depthwise_conv(tf.constant(x), tf.constant(k), 2, padding, 2).numpy()
+  want = np_depthwise(x, k, 1, padding, 2)[:, ::2, ::2]
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, atol=1e-9)
+  np.testing.assert_allclose(got, np_depthwise(x, k, 2, padding, 2), atol=1e-9)
 
 
 def test_stride_two_is_not_tf_same_padding():
