@@ -1,4 +1,4 @@
-"""Keras callbacks of the search: resumable checkpoints, architecture and epoch logs."""
+"""Keras callbacks of search and training: resumable checkpoints, architecture and epoch logs."""
 
 from __future__ import annotations
 
@@ -19,6 +19,15 @@ def write_json_atomic(path: str, data: dict) -> None:
   with open(tmp, "w") as f:
     json.dump(data, f, indent=1)
   os.replace(tmp, path)
+
+
+def read_json(path: str) -> dict | None:
+  """The JSON object in `path`, or None if the file does not exist."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return None
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

@@ -306,10 +306,38 @@ def _eval_pipeline(images: np.ndarray, labels: np.ndarray, batch_size: int,
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def cutout(images: tf.Tensor, seed: tf.Tensor, length: int) -> tf.Tensor:
+  """Zeroes one square per image, rows and columns [c - length//2, c + length//2).
+
+  The reference `Cutout`: the centre c is uniform over the pixels, so squares
+  near the border are clipped. Apply it after normalisation, as
+  the reference does (the square is then the mean colour).
+
+  Args:
+    images: `(B, H, W, C)` float tensor.
+    seed: shape `[2]` integer seed of the stateless random ops.
+    length: side of the square.
+
+  Returns:
+    The images with the squares zeroed.
+  """
+  shape = tf.shape(images)
+  batch, height, width = shape[0], shape[1], shape[2]
+  seed_y, seed_x = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  cy = tf.random.stateless_uniform([batch, 1], seed_y, maxval=height, dtype=tf.int32)
+  cx = tf.random.stateless_uniform([batch, 1], seed_x, maxval=width, dtype=tf.int32)
+  rows, cols = tf.range(height)[None, :], tf.range(width)[None, :]
+  half = length // 2
+  inside_y = (rows >= cy - half) & (rows < cy + half)
+  inside_x = (cols >= cx - half) & (cols < cx + half)
+  hole = inside_y[:, :, None] & inside_x[:, None, :]
+  return images * tf.cast(~hole, images.dtype)[:, :, :, None]
+
+
 def _train_pipeline(images: np.ndarray, labels: np.ndarray, batch_size: int,
                     info: DatasetInfo, seed: int, augment: bool,
-                    repeat: bool) -> tf.data.Dataset:
-  """Shuffled, optionally augmented, drop-remainder batches."""
+                    repeat: bool, cutout_length: int = 0) -> tf.data.Dataset:
+  """Shuffled, optionally augmented (and cut out), drop-remainder batches."""
   ds = tf.data.Dataset.from_tensor_slices((images, labels))
   ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
   ds = ds.batch(batch_size, drop_remainder=True)
@@ -324,7 +352,11 @@ def _train_pipeline(images: np.ndarray, labels: np.ndarray, batch_size: int,
     x, y = batch
     if augment:
       x = augment_images(x, batch_seed)
-    return normalize_images(x, info), tf.cast(y, tf.int32)
+    x = normalize_images(x, info)
+    if cutout_length:
+      x = cutout(x, tf.random.experimental.stateless_fold_in(batch_seed, 1),
+                 cutout_length)
+    return x, tf.cast(y, tf.int32)
 
   # Deterministic order: a given seed reproduces the whole stream.
   return ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
@@ -399,6 +431,52 @@ def search_datasets(
   val_eval_ds = _eval_pipeline(images[split:], labels[split:], batch_size,
                                info)
   return train_ds, val_eval_ds, info
+
+
+def train_datasets(
+    name: str,
+    batch_size: int,
+    *,
+    data_dir: str | None = None,
+    source: str = "auto",
+    seed: int = 0,
+    limit: int | None = None,
+    augment: bool = True,
+    cutout_length: int = 0,
+) -> tuple[tf.data.Dataset, tf.data.Dataset, DatasetInfo]:
+  """Builds the pipelines of training an evaluation network from scratch.
+
+  Args:
+    name: One of `DATASETS`.
+    batch_size: Global batch size.
+    data_dir: See `load_arrays`.
+    source: See `load_arrays`.
+    seed: Seed of shuffling, augmentation and cutout.
+    limit: If set, only the first `limit` examples of each split are used.
+    augment: Random crop (pad 4) and flip.
+    cutout_length: Side of the cutout square; 0 disables it.
+
+  Returns:
+    `(train_ds, test_ds, info)`: one epoch of shuffled, augmented,
+    drop-remainder training batches, and the test split in order.
+
+  Raises:
+    UserInputError: On bad arguments, missing data, or fewer training examples
+      than one batch.
+  """
+  info = dataset_info(name)
+  _check_positive_int("batch_size", batch_size)
+  if cutout_length < 0:
+    raise UserInputError(f"cutout_length must be 0 (off) or positive, got {cutout_length}.")
+  images, labels = _load_arrays(name, "train", data_dir, source, limit)
+  if len(images) < batch_size:
+    raise UserInputError(f"batch_size={batch_size} exceeds the {len(images)} training "
+                         "examples; lower batch_size or raise limit.")
+  train = _train_pipeline(images, labels, batch_size, info, seed, augment,
+                          repeat=False, cutout_length=cutout_length)
+  test_images, test_labels = _load_arrays(name, "test", data_dir, source, limit)
+  return (train.prefetch(tf.data.AUTOTUNE),
+          _eval_pipeline(test_images, test_labels, batch_size, info), info)
 
 
 def eval_dataset(name: str, split: str, batch_size: int, *,

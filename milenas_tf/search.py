@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import keras
@@ -27,16 +26,15 @@ from milenas_tf import callbacks
 from milenas_tf import datasets
 from milenas_tf import genotypes
 from milenas_tf import optimization
+from milenas_tf import run_directory
 from milenas_tf import second_order
 from milenas_tf import update_rules
 from milenas_tf.errors import UserInputError
 from milenas_tf.search_model import SearchModel
 from milenas_tf.search_network import SearchNetwork
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = run_directory.CONFIG_FILE
 EPOCH_LOG = "epochs.jsonl"
-# Keys that may differ between a run and its resumption (where the data comes from).
-_RESUME_FREE_KEYS = ("data_dir", "data_source")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -136,31 +134,6 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     raise UserInputError(f"config.limit must be 0 (all) or positive, got {config.limit}.")
 
 
-def _check_output_dir(output_dir: str, config: dict) -> bool:
-  """Checks the output directory, writing nothing; returns whether it holds this run."""
-  path = os.path.join(output_dir, CONFIG_FILE)
-  if os.path.exists(path):
-    try:
-      with open(path) as f:
-        saved = json.load(f)
-    except (OSError, ValueError) as e:
-      raise UserInputError(
-          f"{path} is unreadable ({e}); choose another --output_dir.") from None
-    diffs = [f"{k}: {saved.get(k)!r} in the run, {config.get(k)!r} now"
-             for k in sorted(set(saved) | set(config))
-             if k not in _RESUME_FREE_KEYS and saved.get(k) != config.get(k)]
-    if diffs:
-      raise UserInputError(
-          f"{output_dir} holds a search with another configuration ({'; '.join(diffs)}); "
-          "rerun with the same configuration to resume, or choose another --output_dir.")
-    return True
-  if os.path.isdir(output_dir) and os.listdir(output_dir):
-    raise UserInputError(
-        f"{output_dir} is not empty and holds no search ({CONFIG_FILE} is missing); "
-        "choose a new or empty --output_dir.")
-  return False
-
-
 def run_search(config: ml_collections.ConfigDict, output_dir: str, *,
                verbose: int | str = "auto",
                extra_callbacks: list[keras.callbacks.Callback] | None = None
@@ -181,7 +154,7 @@ def run_search(config: ml_collections.ConfigDict, output_dir: str, *,
       holding another run.
   """
   _check_config(config)
-  resuming = _check_output_dir(output_dir, config.to_dict())
+  resuming = run_directory.check_output_dir(output_dir, config.to_dict(), "search")
   keras.utils.set_random_seed(config.seed)
   train_ds, val_ds, info = datasets.search_datasets(
       config.dataset, config.batch_size, config.train_portion,

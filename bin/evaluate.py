@@ -1,0 +1,40 @@
+"""Top-1 / top-5 accuracy of a training run's weights on the test split.
+
+  python bin/evaluate.py --output_dir=runs/train_fmnist
+  python bin/evaluate.py --output_dir=runs/train_fmnist --which=best --json
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # pylint: disable=g-import-not-at-top
+
+from milenas_tf import cli
+from milenas_tf import training
+
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "A bin/train.py output directory.",
+                                  required=True)
+_WHICH = flags.DEFINE_enum("which", "last", ["last", "best"],
+                           "The last checkpoint or the best weights.")
+_SPLIT = flags.DEFINE_enum("split", "test", ["test", "train"], "Split to evaluate.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Overrides the run's data directory.")
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
+
+
+def main(argv):
+  cli.check_no_arguments(argv)
+  result = training.evaluate_checkpoint(_OUTPUT_DIR.value, _SPLIT.value, _WHICH.value,
+                                        _DATA_DIR.value)
+  if _JSON.value:
+    print(json.dumps(result))
+  else:
+    print(f"{_WHICH.value} weights (epoch {result['epoch']}) on {_SPLIT.value}: "
+          f"top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f}, "
+          f"loss {result['loss']:.4f}")
+
+
+if __name__ == "__main__":
+  cli.run(main)

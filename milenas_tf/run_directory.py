@@ -1,0 +1,54 @@
+"""Output directories of resumable runs: one configuration per directory."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+from milenas_tf.errors import UserInputError
+
+CONFIG_FILE = "config.json"
+# Keys that may differ between a run and its resumption (where the data comes from).
+RESUME_FREE_KEYS = ("data_dir", "data_source")
+
+
+def check_output_dir(output_dir: str, config: dict, kind: str,
+                     resume_free_keys: Sequence[str] = RESUME_FREE_KEYS) -> bool:
+  """Checks an output directory, writing nothing; returns whether it holds this run.
+
+  Args:
+    output_dir: the run's directory.
+    config: the run's configuration as a dict.
+    kind: what the run is ("search", "training"), for messages.
+    resume_free_keys: keys that may differ between a run and its resumption.
+
+  Returns:
+    True if the directory holds a run of the same configuration (to resume);
+    False if it is new or empty.
+
+  Raises:
+    UserInputError: if the directory holds another run, an unreadable
+      configuration, or unrelated files.
+  """
+  path = os.path.join(output_dir, CONFIG_FILE)
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        saved = json.load(f)
+    except (OSError, ValueError) as e:
+      raise UserInputError(
+          f"{path} is unreadable ({e}); choose another --output_dir.") from None
+    diffs = [f"{k}: {saved.get(k)!r} in the run, {config.get(k)!r} now"
+             for k in sorted(set(saved) | set(config))
+             if k not in resume_free_keys and saved.get(k) != config.get(k)]
+    if diffs:
+      raise UserInputError(
+          f"{output_dir} holds a {kind} with another configuration ({'; '.join(diffs)}); "
+          "rerun with the same configuration to resume, or choose another --output_dir.")
+    return True
+  if os.path.isdir(output_dir) and os.listdir(output_dir):
+    raise UserInputError(
+        f"{output_dir} is not empty and holds no {kind} ({CONFIG_FILE} is missing); "
+        "choose a new or empty --output_dir.")
+  return False

@@ -1,0 +1,369 @@
+"""Training a searched architecture from scratch: the step, the recipes, the run.
+
+`run_training(config, output_dir)` trains `networks.build_network(config.genotype,
+...)` with the recipe of the config (DESIGN.md §4; DARTS Appendix A.2, MiLeNAS
+supplementary Section A) and fills `output_dir` with:
+
+- `config.json`: the configuration of the run (a rerun must match it);
+- `epochs.jsonl`: one line per epoch: seconds, losses, top-1/top-5, test metrics,
+  learning rate and drop-path rate;
+- `checkpoints/`: the state of the last finished epoch (weights, optimiser,
+  epoch), from which a rerun with the same directory resumes;
+- `best/`: the weights with the best test top-1 so far and `best.json`;
+- `logs/`: TensorBoard (losses, top-1/top-5, learning rate, drop-path rate).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import keras
+import ml_collections
+import tensorflow as tf
+
+from milenas_tf import callbacks
+from milenas_tf import datasets
+from milenas_tf import model_size
+from milenas_tf import networks
+from milenas_tf import optimization
+from milenas_tf import run_directory
+from milenas_tf.errors import UserInputError
+
+EPOCH_LOG = "epochs.jsonl"
+SCHEDULES = ("cosine", "exponential")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The CIFAR-10 training recipe (DESIGN.md §4; DARTS Appendix A.2)."""
+  config = ml_collections.ConfigDict()
+  # Architecture.
+  config.genotype = "MILENAS_3_87M"   # published name or alias, or a genotype JSON file
+  config.setting = "cifar10"          # network family: cifar10 | imagenet | fashion_mnist
+  config.init_channels = 36
+  config.num_cells = 20
+  config.auxiliary = True
+  config.auxiliary_weight = 0.4
+  config.drop_path_rate = 0.2         # reached linearly at the last epoch
+  config.mult_add_budget = 0          # refuse a larger network (0 = no limit)
+  # Data.
+  config.dataset = "cifar10"
+  config.data_dir = ""
+  config.data_source = "auto"
+  config.limit = 0                    # first N examples of each split (0 = all)
+  config.augment = True               # random crop (pad 4) and flip
+  config.cutout_length = 16           # 0 = no cutout
+  config.seed = 0
+  # Optimisation.
+  config.epochs = 600
+  config.batch_size = 96
+  config.learning_rate = 0.025
+  config.schedule = "cosine"          # cosine (to learning_rate_min) | exponential
+  config.learning_rate_min = 0.0
+  config.decay_rate = 0.97            # exponential schedule: factor per epoch
+  config.momentum = 0.9
+  config.weight_decay = 3e-4
+  config.grad_clip = 5.0
+  config.label_smoothing = 0.0
+  return config
+
+
+def classification_loss(labels: tf.Tensor, logits: tf.Tensor,
+                        label_smoothing: float = 0.0) -> tf.Tensor:
+  """Mean cross-entropy against `(1 - s) * one_hot + s / K` targets, in float32.
+
+  The reference `CrossEntropyLabelSmooth` for s > 0, plain cross-entropy at 0.
+  """
+  logits = tf.cast(logits, tf.float32)
+  log_probs = tf.nn.log_softmax(logits)
+  targets = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(logits)[-1])
+  if label_smoothing:
+    targets = (1.0 - label_smoothing) * targets + label_smoothing / tf.cast(
+        tf.shape(logits)[-1], tf.float32)
+  return tf.reduce_mean(-tf.reduce_sum(targets * log_probs, axis=-1))
+
+
+class TrainModel(keras.Model):
+  """An evaluation network with the training step of the recipes.
+
+  Loss: cross-entropy (label-smoothed if asked) of the logits plus
+  `auxiliary_weight` times that of the auxiliary logits. Gradients: clipped to
+  global norm `grad_clip`, then coupled L2 decay (PyTorch's order), then the
+  optimiser. Metrics: loss, top-1 and top-5 accuracy.
+
+  Args:
+    network: an `networks.EvalNetwork`.
+    auxiliary_weight: weight of the auxiliary loss.
+    label_smoothing: label smoothing of both losses.
+    weight_decay: coupled L2 decay of every trainable weight.
+    grad_clip: global-norm clipping; 0 disables it.
+  """
+
+  def __init__(self, network: networks.EvalNetwork, auxiliary_weight: float = 0.4,
+               label_smoothing: float = 0.0, weight_decay: float = 3e-4,
+               grad_clip: float = 5.0, **kwargs):
+    super().__init__(**kwargs)
+    self.network = network
+    self.auxiliary_weight, self.label_smoothing = auxiliary_weight, label_smoothing
+    self.weight_decay, self.grad_clip = weight_decay, grad_clip
+    self.loss_tracker = keras.metrics.Mean(name="loss")
+    self.top1 = keras.metrics.SparseCategoricalAccuracy(name="top1")
+    self.top5 = keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")
+    self.built = network.built  # evaluation networks are built at construction
+
+  def call(self, x, training=False):
+    return self.network(x, training=training)
+
+  @property
+  def metrics(self):
+    return [self.loss_tracker, self.top1, self.top5]
+
+  def loss_and_logits(self, x, y, training: bool):
+    """The recipe's loss (auxiliary term in training) and the main logits."""
+    out = self.network(x, training=training)
+    logits, aux = out if isinstance(out, tuple) else (out, None)
+    loss = classification_loss(y, logits, self.label_smoothing)
+    if aux is not None:
+      loss += self.auxiliary_weight * classification_loss(y, aux, self.label_smoothing)
+    return loss, logits
+
+  def train_step(self, data):
+    x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+    weights = self.network.trainable_variables
+    with tf.GradientTape() as tape:
+      loss, logits = self.loss_and_logits(x, y, training=True)
+    grads = tape.gradient(loss, weights)
+    grads = optimization.clip_by_global_norm(grads, self.grad_clip)
+    grads = optimization.add_l2(grads, weights, self.weight_decay)
+    self.optimizer.apply_gradients(zip(grads, weights))
+    return self._update_metrics(loss, y, logits)
+
+  def test_step(self, data):
+    x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+    loss, logits = self.loss_and_logits(x, y, training=False)
+    return self._update_metrics(loss, y, logits)
+
+  def _update_metrics(self, loss, y, logits):
+    self.loss_tracker.update_state(loss)
+    self.top1.update_state(y, logits)
+    self.top5.update_state(y, logits)
+    return {m.name: m.result() for m in self.metrics}
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int
+                           ) -> keras.optimizers.schedules.LearningRateSchedule:
+  """The per-epoch schedule the config names."""
+  if config.schedule == "cosine":
+    return optimization.EpochCosineDecay(config.learning_rate, config.learning_rate_min,
+                                         config.epochs, steps_per_epoch)
+  return optimization.EpochExponentialDecay(config.learning_rate, config.decay_rate,
+                                            steps_per_epoch)
+
+
+def build_train_model(config: ml_collections.ConfigDict, info: datasets.DatasetInfo,
+                      steps_per_epoch: int) -> TrainModel:
+  """The compiled `TrainModel` of a config, for a dataset (build it in a strategy scope).
+
+  Raises:
+    UserInputError: for a bad genotype or sizes, or a network over the budget.
+  """
+  network = networks.build_network(
+      config.genotype, config.setting, config.init_channels, config.num_cells,
+      auxiliary=config.auxiliary, num_classes=info.num_classes,
+      input_shape=info.image_shape, name="network")
+  if config.mult_add_budget:
+    model_size.check_budget(network, config.mult_add_budget)
+  model = TrainModel(network, config.auxiliary_weight, config.label_smoothing,
+                     config.weight_decay, config.grad_clip)
+  optimizer = optimization.weight_optimizer(
+      learning_rate_schedule(config, steps_per_epoch), config.momentum)
+  model.compile(optimizer=optimizer, jit_compile=False)
+  optimizer.build(network.trainable_variables)
+  return model
+
+
+class DropPathSchedule(keras.callbacks.Callback):
+  """Sets the network's drop-path rate to `rate * epoch / epochs` before each epoch.
+
+  The reference schedule (epoch counted from 0). Also adds `drop_path_rate` and
+  `learning_rate` to the epoch logs, for TensorBoard and the epoch log.
+
+  Args:
+    rate: the final rate.
+    epochs: the schedule's length.
+  """
+
+  def __init__(self, rate: float, epochs: int):
+    super().__init__()
+    self.rate, self.epochs = rate, epochs
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.model.network.drop_path_rate.assign(self.rate * epoch / self.epochs)
+
+  def on_epoch_end(self, epoch, logs=None):
+    if logs is not None:
+      logs["drop_path_rate"] = float(self.model.network.drop_path_rate.numpy())
+      logs["learning_rate"] = callbacks.last_learning_rate(self.model.optimizer)
+
+
+class BestWeights(keras.callbacks.Callback):
+  """Keeps the weights with the best value of a logged metric (higher is better).
+
+  Writes `best.weights.h5` and `best.json` (epoch and value) atomically; reads
+  `best.json` at the start, so a resumed run keeps the earlier best.
+
+  Args:
+    directory: where the files go.
+    monitor: the metric, e.g. "val_top1".
+  """
+
+  WEIGHTS = "best.weights.h5"
+  STATE = "best.json"
+
+  def __init__(self, directory: str, monitor: str = "val_top1"):
+    super().__init__()
+    self.directory, self.monitor = directory, monitor
+    self.best = callbacks.read_json(os.path.join(directory, self.STATE)) or {}
+
+  def on_epoch_end(self, epoch, logs=None):
+    value = (logs or {}).get(self.monitor)
+    if value is None or value <= self.best.get("value", float("-inf")):
+      return
+    os.makedirs(self.directory, exist_ok=True)
+    tmp = os.path.join(self.directory, "tmp." + self.WEIGHTS)
+    self.model.save_weights(tmp)
+    os.replace(tmp, os.path.join(self.directory, self.WEIGHTS))
+    self.best = {"epoch": epoch + 1, self.monitor: float(value), "value": float(value)}
+    callbacks.write_json_atomic(os.path.join(self.directory, self.STATE), self.best)
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What a training run produced.
+
+  Attributes:
+    history: per-epoch logs of the epochs run by this call.
+    test: final test metrics (`loss`, `top1`, `top5`).
+    best: the best epoch and its test top-1 (`best.json`).
+    output_dir: where everything was written.
+    resumed_after: epochs finished by earlier runs when this one started.
+  """
+  history: dict
+  test: dict
+  best: dict
+  output_dir: str
+  resumed_after: int = 0
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises `UserInputError` for a configuration that cannot run."""
+  datasets.dataset_info(config.dataset)
+  if config.setting not in networks.SETTINGS:
+    raise UserInputError(f"Unknown setting {config.setting!r}; choose one of "
+                         f"{', '.join(sorted(networks.SETTINGS))}.")
+  if config.schedule not in SCHEDULES:
+    raise UserInputError(f"Unknown schedule {config.schedule!r}; choose one of "
+                         f"{', '.join(SCHEDULES)}.")
+  for key in ("epochs", "batch_size", "init_channels", "num_cells"):
+    if int(config[key]) < 1:
+      raise UserInputError(f"config.{key} must be positive, got {config[key]}.")
+  if not 0.0 <= config.drop_path_rate < 1.0:
+    raise UserInputError(f"config.drop_path_rate must be in [0, 1), got "
+                         f"{config.drop_path_rate}.")
+  if not 0.0 <= config.label_smoothing < 1.0:
+    raise UserInputError(f"config.label_smoothing must be in [0, 1), got "
+                         f"{config.label_smoothing}.")
+
+
+def run_training(config: ml_collections.ConfigDict, output_dir: str, *,
+                 verbose: int | str = "auto",
+                 extra_callbacks: list[keras.callbacks.Callback] | None = None
+                 ) -> TrainResult:
+  """Trains a genotype's network; resumes from `output_dir` when it holds this run.
+
+  Args:
+    config: a configuration like `default_config()`.
+    output_dir: where checkpoints, logs and the best weights go.
+    verbose: Keras progress-bar verbosity.
+    extra_callbacks: more Keras callbacks for `fit`.
+
+  Returns:
+    The `TrainResult`.
+
+  Raises:
+    UserInputError: for a bad configuration, missing data or an output directory
+      holding another run.
+  """
+  check_config(config)
+  resuming = run_directory.check_output_dir(output_dir, config.to_dict(), "training")
+  keras.utils.set_random_seed(config.seed)
+  train_ds, test_ds, info = datasets.train_datasets(
+      config.dataset, config.batch_size, data_dir=config.data_dir or None,
+      source=config.data_source, seed=config.seed, limit=config.limit or None,
+      augment=config.augment, cutout_length=config.cutout_length)
+  model = build_train_model(config, info, int(train_ds.cardinality()))
+  checkpoint_dir = os.path.join(output_dir, "checkpoints")
+  if not resuming:
+    os.makedirs(output_dir, exist_ok=True)
+    callbacks.write_json_atomic(os.path.join(output_dir, run_directory.CONFIG_FILE),
+                                config.to_dict())
+  done = callbacks.EpochCheckpoint.restore(model, checkpoint_dir) if resuming else 0
+  if done:
+    print(f"Resuming the training in {output_dir} after epoch {done} of {config.epochs}.")
+  best = BestWeights(os.path.join(output_dir, "best"))
+  history = {}
+  if done < config.epochs:
+    log_dir = os.path.join(output_dir, "logs")
+    fit = model.fit(
+        train_ds, validation_data=test_ds, epochs=config.epochs, initial_epoch=done,
+        verbose=verbose, shuffle=False,
+        callbacks=[DropPathSchedule(config.drop_path_rate, config.epochs), best,
+                   keras.callbacks.TensorBoard(log_dir, write_graph=False, profile_batch=0),
+                   callbacks.EpochLog(os.path.join(output_dir, EPOCH_LOG)),
+                   callbacks.EpochCheckpoint(checkpoint_dir)] + (extra_callbacks or []))
+    history = fit.history
+  test = model.evaluate(test_ds, verbose=0, return_dict=True)
+  return TrainResult(history, test, best.best, output_dir, done)
+
+
+def evaluate_checkpoint(output_dir: str, split: str = "test", which: str = "last",
+                        data_dir: str | None = None) -> dict:
+  """Top-1/top-5 of a training run's weights on a split.
+
+  Args:
+    output_dir: a training run's directory.
+    split: "test" or "train".
+    which: "last" (the checkpoint) or "best".
+    data_dir: overrides the run's data directory.
+
+  Returns:
+    `{"loss", "top1", "top5", "epoch"}`.
+
+  Raises:
+    UserInputError: if the directory holds no training run or no such weights.
+  """
+  config_path = os.path.join(output_dir, run_directory.CONFIG_FILE)
+  saved = callbacks.read_json(config_path)
+  if saved is None:
+    raise UserInputError(f"{output_dir} holds no training run ({config_path} is "
+                         "missing); pass the --output_dir of bin/train.py.")
+  config = ml_collections.ConfigDict(saved)
+  if data_dir is not None:
+    config.data_dir = data_dir
+  if which == "best":
+    path = os.path.join(output_dir, "best", BestWeights.WEIGHTS)
+    epoch = (callbacks.read_json(os.path.join(output_dir, "best", BestWeights.STATE))
+             or {}).get("epoch", 0)
+  else:
+    path = os.path.join(output_dir, "checkpoints", callbacks.EpochCheckpoint.WEIGHTS)
+    epoch = callbacks.EpochCheckpoint.finished_epochs(os.path.join(output_dir,
+                                                                   "checkpoints"))
+  if not os.path.exists(path):
+    raise UserInputError(f"{path} does not exist; train at least one epoch first.")
+  ds = datasets.eval_dataset(config.dataset, split, config.batch_size,
+                             data_dir=config.data_dir or None, source=config.data_source,
+                             limit=config.limit or None)
+  model = build_train_model(config, datasets.dataset_info(config.dataset), 1)
+  model.load_weights(path)
+  result = model.evaluate(ds, verbose=0, return_dict=True)
+  return {**{k: float(v) for k, v in result.items()}, "epoch": epoch}

@@ -1,0 +1,184 @@
+"""Training an evaluation network: the step against a hand update, the recipe pieces,
+a short real run on Fashion-MNIST with interruption and resumption, evaluation."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from milenas_tf import datasets
+from milenas_tf import networks
+from milenas_tf import optimization
+from milenas_tf import training
+from milenas_tf.callbacks import EpochCheckpoint, read_epoch_log
+from milenas_tf.errors import UserInputError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_label_smoothed_loss_equals_a_float64_computation():
+  rng = np.random.default_rng(0)
+  logits, labels = rng.normal(size=(6, 5)), rng.integers(0, 5, size=6)
+  shifted = logits - logits.max(axis=1, keepdims=True)
+  log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+  for s in (0.0, 0.1):
+    targets = (1 - s) * np.eye(5)[labels] + s / 5
+    want = -(targets * log_probs).sum(axis=1).mean()
+    got = training.classification_loss(tf.constant(labels), tf.constant(logits), s)
+    assert float(got) == pytest.approx(want, rel=1e-5)
+
+
+def test_train_step_is_clip_then_coupled_decay_then_sgd():
+  network = networks.NetworkCIFAR("DARTS_V2", num_classes=10, init_channels=4,
+                                   num_cells=3, auxiliary=True, input_shape=(24, 24, 3))
+  model = training.TrainModel(network, auxiliary_weight=0.4, weight_decay=0.01,
+                              grad_clip=0.5)
+  model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=False)
+  rng = np.random.default_rng(1)
+  x = tf.constant(rng.normal(size=(4, 24, 24, 3)), tf.float32)
+  y = tf.constant(rng.integers(0, 10, size=4), tf.int32)
+  weights = network.trainable_variables
+  before = [v.numpy().astype(np.float64) for v in weights]
+  with tf.GradientTape() as tape:  # drop path is 0: the pass is deterministic
+    logits, aux = network(x, training=True)
+    loss = (tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+            + 0.4 * tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, aux)))
+  grads = [g.numpy().astype(np.float64) for g in tape.gradient(loss, weights)]
+  norm = np.sqrt(sum((g ** 2).sum() for g in grads))
+  assert norm > 0.5  # so that clipping acts
+  want = [w - 0.1 * (g * 0.5 / norm + 0.01 * w) for w, g in zip(before, grads)]
+  model.train_on_batch(x, y)
+  for w, expected in zip(weights, want):
+    np.testing.assert_allclose(w.numpy(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_schedules_step_once_per_epoch():
+  exponential = optimization.EpochExponentialDecay(0.1, 0.97, steps_per_epoch=10)
+  assert [float(exponential(s)) for s in (0, 9, 10, 25)] == pytest.approx(
+      [0.1, 0.1, 0.097, 0.1 * 0.97 ** 2])
+  config = training.default_config()
+  config.update(epochs=4, learning_rate=0.2, learning_rate_min=0.0)
+  cosine = training.learning_rate_schedule(config, steps_per_epoch=5)
+  assert [float(cosine(s)) for s in (0, 5, 10, 15)] == pytest.approx(
+      [0.2, 0.1 + 0.1 * np.cos(np.pi / 4), 0.1, 0.1 - 0.1 * np.cos(np.pi / 4)])
+
+
+def test_cutout_zeroes_one_clipped_square_per_image():
+  images = tf.ones((400, 12, 12, 2))
+  out = datasets.cutout(images, tf.constant([4, 2]), 6).numpy()
+  sizes = []
+  for image in out:
+    hole = image[:, :, 0] == 0
+    np.testing.assert_array_equal(hole, image[:, :, 1] == 0)  # all channels
+    rows, cols = np.flatnonzero(hole.any(axis=1)), np.flatnonzero(hole.any(axis=0))
+    assert hole.sum() == len(rows) * len(cols)  # one rectangle
+    assert np.all(np.diff(rows) == 1) and np.all(np.diff(cols) == 1)
+    sizes.append((len(rows), len(cols)))
+  assert max(sizes) == (6, 6) and min(min(s) for s in sizes) >= 3  # clipped at borders
+  assert len(set(sizes)) > 3
+
+
+def test_drop_path_schedule_is_linear_in_the_epoch():
+  network = networks.NetworkCIFAR("DARTS_V2", init_channels=4, num_cells=3,
+                                   input_shape=(24, 24, 3))
+  model = training.TrainModel(network)
+  schedule = training.DropPathSchedule(0.2, epochs=8)
+  schedule.set_model(model)
+  for epoch in (0, 3, 7):
+    schedule.on_epoch_begin(epoch)
+    assert float(network.drop_path_rate.numpy()) == pytest.approx(0.2 * epoch / 8)
+
+
+def tiny_config(**overrides):
+  config = training.default_config()
+  config.update({**dict(dataset="fashion_mnist", setting="fashion_mnist", limit=1280,
+                        batch_size=32, epochs=2, init_channels=6, num_cells=3,
+                        learning_rate=0.05, cutout_length=8, drop_path_rate=0.2),
+                 **overrides})
+  return config
+
+
+class Interrupt(keras.callbacks.Callback):
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.weights = [v.numpy() for v in self.model.network.trainable_variables]
+    raise KeyboardInterrupt
+
+
+class RecordStart(keras.callbacks.Callback):
+
+  def on_train_begin(self, logs=None):
+    self.weights = [v.numpy() for v in self.model.network.trainable_variables]
+    self.iterations = int(self.model.optimizer.iterations)
+
+
+@pytest.fixture(scope="module")
+def interrupted_then_resumed(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("train") / "run")
+  interrupt, start = Interrupt(), RecordStart()
+  with pytest.raises(KeyboardInterrupt):
+    training.run_training(tiny_config(), out, verbose=0, extra_callbacks=[interrupt])
+  result = training.run_training(tiny_config(), out, verbose=0, extra_callbacks=[start])
+  return out, interrupt, start, result
+
+
+def test_training_learns_and_resumes(interrupted_then_resumed):
+  out, interrupt, start, result = interrupted_then_resumed
+  for saved, restored in zip(interrupt.weights, start.weights):
+    np.testing.assert_array_equal(saved, restored)
+  assert start.iterations == 40  # 1280 images / batch 32
+  assert result.resumed_after == 1 and len(result.history["loss"]) == 1
+  assert result.test["top1"] > 0.5  # chance is 0.1
+  records = read_epoch_log(os.path.join(out, training.EPOCH_LOG))
+  assert [r["epoch"] for r in records] == [1, 2]
+  assert [r["drop_path_rate"] for r in records] == pytest.approx([0.0, 0.1])
+  assert records[0]["learning_rate"] == pytest.approx(0.05)
+  assert EpochCheckpoint.finished_epochs(os.path.join(out, "checkpoints")) == 2
+  best = max(records, key=lambda r: r["val_top1"])
+  assert result.best["epoch"] == best["epoch"]
+  assert result.best["value"] == pytest.approx(best["val_top1"])
+
+
+def test_evaluation_of_the_saved_weights(interrupted_then_resumed):
+  out, _, _, result = interrupted_then_resumed
+  last = training.evaluate_checkpoint(out)
+  assert last["epoch"] == 2
+  assert last["top1"] == pytest.approx(result.test["top1"], abs=1e-6)
+  script = os.path.join(ROOT, "bin", "evaluate.py")
+  run = subprocess.run([sys.executable, script, f"--output_dir={out}", "--which=best",
+                        "--json"], capture_output=True, text=True, check=True)
+  best = json.loads(run.stdout)
+  assert best["epoch"] == result.best["epoch"]
+  assert best["top1"] == pytest.approx(result.best["value"], abs=1e-6)
+
+
+def test_another_configuration_is_refused(interrupted_then_resumed):
+  out = interrupted_then_resumed[0]
+  with pytest.raises(UserInputError, match="holds a training with another configuration"):
+    training.run_training(tiny_config(num_cells=4), out, verbose=0)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"schedule": "step"}, "Unknown schedule"),
+    ({"setting": "svhn"}, "Unknown setting"),
+    ({"drop_path_rate": 1.0}, "drop_path_rate"),
+    ({"genotype": "NO_SUCH_CELL"}, "NO_SUCH_CELL"),
+    ({"mult_add_budget": 1000}, "over the budget"),
+])
+def test_bad_configuration_is_a_one_line_error(tmp_path, overrides, message):
+  with pytest.raises(UserInputError, match=message):
+    training.run_training(tiny_config(**overrides), str(tmp_path / "run"), verbose=0)
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+  run = subprocess.run([sys.executable, os.path.join(ROOT, "bin", "evaluate.py"),
+                        f"--output_dir={tmp_path}"], capture_output=True, text=True)
+  assert run.returncode == 2
+  assert run.stderr.strip().splitlines()[-1].startswith("error:")
+  assert "holds no training run" in run.stderr and "Traceback" not in run.stderr
