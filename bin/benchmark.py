@@ -1,7 +1,8 @@
-"""Times the search step, each configuration in a fresh process; prints JSON lines.
+"""Times the search and training steps, each job in a fresh process; prints JSON lines.
 
-  python bin/benchmark.py                       # paper and small configs, both orders
+  python bin/benchmark.py                       # search: paper and small configs, both orders
   python bin/benchmark.py --configs=small --orders=fused --steps=3
+  python bin/benchmark.py --configs= --train_configs=cifar10,imagenet --steps=3
   python bin/benchmark.py --configs=paper --orders=reference \
       --methods=milenas,darts_2nd,milenas_2nd --hessians=finite_difference,exact
 
@@ -26,6 +27,9 @@ _METHODS = flags.DEFINE_list("methods", ["milenas"], "Search methods.")
 _ORDERS = flags.DEFINE_list("orders", ["reference", "fused"], "Update orders.")
 _HESSIANS = flags.DEFINE_list("hessians", ["finite_difference"],
                               "Hessian-vector products of the second-order methods.")
+_TRAIN_CONFIGS = flags.DEFINE_list(
+    "train_configs", [],
+    f"Training-step configurations: {', '.join(benchmarks.TRAIN_CONFIGS)} (none by default).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after the first one.")
 
 
@@ -33,6 +37,7 @@ def main(argv):
   cli.check_no_arguments(argv)
   jobs = benchmarks.search_jobs(_CONFIGS.value, _METHODS.value, _ORDERS.value,
                                 _STEPS.value, _HESSIANS.value)
+  jobs += benchmarks.train_jobs(_TRAIN_CONFIGS.value, _STEPS.value)
   for result in benchmarks.with_ratios(benchmarks.run(jobs)):
     print(json.dumps(result), flush=True)
 

@@ -1,6 +1,7 @@
 """Speed and memory benchmarks, each configuration in a fresh process.
 
-`run(...)` spawns one child Python process per (configuration, method, order),
+`run(...)` spawns one child Python process per job (a search configuration,
+method and order, or a training configuration),
 so that time to first step (graph construction, tracing, first execution) and
 peak memory are those a user sees, and prints one JSON object per line.
 """
@@ -24,6 +25,17 @@ SEARCH_CONFIGS = {
     "paper": dict(num_cells=8, init_channels=16, batch_size=64, image_size=32, channels=3),
     "small": dict(num_cells=5, init_channels=8, batch_size=32, image_size=32, channels=3),
     "tiny": dict(num_cells=3, init_channels=4, batch_size=8, image_size=16, channels=1),
+}
+
+
+TRAIN_CONFIGS = {
+    # name: evaluation network (DARTS_V2 cells), batch size and input shape.
+    "cifar10": dict(setting="cifar10", num_cells=20, init_channels=36, batch_size=96,
+                    image_size=32, channels=3, num_classes=10),
+    "imagenet": dict(setting="imagenet", num_cells=14, init_channels=48, batch_size=128,
+                     image_size=224, channels=3, num_classes=1000),
+    "tiny": dict(setting="fashion_mnist", num_cells=3, init_channels=4, batch_size=8,
+                 image_size=28, channels=1, num_classes=10),
 }
 
 
@@ -73,14 +85,7 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
     return float(logs["loss"])
 
   t0 = time.perf_counter()
-  one_step()
-  first_done = time.perf_counter()
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    one_step()
-    times.append(time.perf_counter() - t)
-  step = statistics.median(times)
+  first_done, step = _time_steps(one_step, steps)
   return {
       "benchmark": "search_step", "config": config, "method": method, "order": order,
       "hessian": hessian,
@@ -92,6 +97,97 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
       "images_per_s": round(spec["batch_size"] / step, 2),
       "peak_memory_mb": round(_peak_memory_mb(), 1),
   }
+
+
+def _time_steps(step_fn, steps: int) -> tuple[float, float]:
+  """Runs one step, then `steps` more; returns (first step end time, median step)."""
+  step_fn()
+  first_done = time.perf_counter()
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    step_fn()
+    times.append(time.perf_counter() - t)
+  return first_done, statistics.median(times)
+
+
+def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
+               **overrides) -> dict:
+  """Times the training step of an evaluation network, and its input pipeline.
+
+  The step is `TrainModel.train_step` (auxiliary head, drop path 0.2, clipping,
+  coupled decay, SGD) on one pre-generated batch. The pipeline figure is the
+  CIFAR-style training pipeline (crop, flip, normalisation, cutout) over random
+  uint8 images of the same shape, alone.
+
+  Args:
+    config: a key of `TRAIN_CONFIGS`.
+    steps: timed steps after the first one.
+    genotype: the cell.
+    **overrides: changes to the configuration.
+
+  Returns:
+    A JSON-friendly dict of the measured figures.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from milenas_tf import datasets  # pylint: disable=g-import-not-at-top
+  from milenas_tf import training  # pylint: disable=g-import-not-at-top
+
+  spec = {**TRAIN_CONFIGS[config], **overrides}
+  shape = (spec["image_size"], spec["image_size"], spec["channels"])
+  batch = spec["batch_size"]
+  info = datasets.DatasetInfo("synthetic", shape, spec["num_classes"],
+                              (0.5,) * shape[-1], (0.25,) * shape[-1],
+                              tuple(str(i) for i in range(spec["num_classes"])))
+  tf.keras.utils.set_random_seed(0)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, size=(4 * batch,) + shape, dtype=np.uint8)
+  labels = rng.integers(0, spec["num_classes"], size=4 * batch)
+  pipeline = iter(datasets._train_pipeline(  # pylint: disable=protected-access
+      images, labels, batch, info, seed=0, augment=True, repeat=True,
+      cutout_length=16).prefetch(2))
+  next(pipeline)
+  t = time.perf_counter()
+  for _ in range(4 * steps):
+    next(pipeline)
+  pipeline_images_per_s = 4 * steps * batch / (time.perf_counter() - t)
+  x, y = datasets.normalize_images(images[:batch], info), tf.constant(labels[:batch])
+
+  imported = time.perf_counter()
+  train_config = training.default_config()
+  train_config.update(genotype=genotype, setting=spec["setting"],
+                      init_channels=spec["init_channels"], num_cells=spec["num_cells"],
+                      batch_size=batch)
+  model = training.build_train_model(train_config, info, steps_per_epoch=100)
+  model.network.drop_path_rate.assign(0.2)
+  model.make_train_function()
+  data = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
+  t0 = time.perf_counter()
+  first_done, step = _time_steps(lambda: float(model.train_function(data)["loss"]), steps)
+  return {
+      "benchmark": "train_step", "config": config, "genotype": genotype, **spec,
+      "build_s": round(t0 - imported, 2),
+      "first_step_s": round(first_done - imported, 2),
+      "first_call_s": round(first_done - t0, 2),
+      "step_s": round(step, 3),
+      "images_per_s": round(batch / step, 2),
+      "pipeline_images_per_s": round(pipeline_images_per_s, 1),
+      "pipeline_vs_step": round(pipeline_images_per_s * step / batch, 2),
+      "peak_memory_mb": round(_peak_memory_mb(), 1),
+  }
+
+
+def train_jobs(configs: Iterable[str], steps: int) -> list[dict]:
+  """The training-step jobs of `run`, validated before anything runs."""
+  configs = list(configs)
+  for name in configs:
+    if name not in TRAIN_CONFIGS:
+      raise UserInputError(f"Unknown training benchmark configuration {name!r}; choose "
+                           f"one of {', '.join(TRAIN_CONFIGS)}.")
+  if steps < 1:
+    raise UserInputError(f"steps must be positive, got {steps}.")
+  return [dict(benchmark="train_step", config=c, steps=steps) for c in configs]
 
 
 def search_jobs(configs: Iterable[str], methods: Iterable[str], orders: Iterable[str],
@@ -147,11 +243,13 @@ def with_ratios(results: Iterable[dict], baseline: str = "milenas") -> Iterator[
 
 def _child_main() -> None:
   kwargs = json.loads(sys.argv[1])
-  print(json.dumps(search_step(**kwargs)), flush=True)
+  benchmark = train_step if kwargs.pop("benchmark", None) == "train_step" else search_step
+  print(json.dumps(benchmark(**kwargs)), flush=True)
 
 
 def run(jobs: Iterable[dict], timeout_s: float = 1800) -> Iterator[dict]:
-  """Runs each job (kwargs of `search_step`) in a fresh process.
+  """Runs each job (kwargs of `search_step`, or of `train_step` with
+  `benchmark="train_step"`) in a fresh process.
 
   Yields:
     The result dict of each job, or a dict with an "error" key.

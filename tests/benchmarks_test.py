@@ -62,3 +62,19 @@ def test_ratios_are_to_milenas_of_the_same_configuration_and_order():
   assert (out[1]["first_step_s_vs_milenas"], out[1]["step_s_vs_milenas"],
           out[1]["peak_memory_mb_vs_milenas"]) == (1.5, 2.5, 1.25)
   assert "step_s_vs_milenas" not in out[2]  # no milenas result in the fused order
+
+
+def test_training_benchmark_reports_step_and_pipeline():
+  proc = run("--configs=", "--train_configs=tiny", "--steps=2")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+  assert len(lines) == 1
+  result = lines[0]
+  assert (result["benchmark"], result["config"]) == ("train_step", "tiny")
+  assert {"first_step_s", "step_s", "images_per_s", "peak_memory_mb",
+          "pipeline_images_per_s"} <= set(result)
+  assert result["first_step_s"] > result["step_s"] > 0
+  assert result["pipeline_vs_step"] == pytest.approx(
+      result["pipeline_images_per_s"] / result["images_per_s"], rel=0.02)
+  with pytest.raises(UserInputError, match="Unknown training benchmark configuration"):
+    benchmarks.train_jobs(["mnist"], 2)
