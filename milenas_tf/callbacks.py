@@ -30,6 +30,15 @@ def read_json(path: str) -> dict | None:
     return None
 
 
+def save_weights_atomic(model: keras.Model, path: str) -> None:
+  """Saves the model's weights through a temporary file, replaced atomically."""
+  directory, name = os.path.split(path)
+  os.makedirs(directory, exist_ok=True)
+  tmp = os.path.join(directory, "tmp." + name)
+  model.save_weights(tmp)
+  os.replace(tmp, path)
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
   """Saves everything a resumed run needs at the end of every epoch.
 
@@ -52,11 +61,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
   @classmethod
   def finished_epochs(cls, directory: str) -> int:
     """Epochs recorded by the checkpoint in `directory` (0 without one)."""
-    try:
-      with open(os.path.join(directory, cls.STATE)) as f:
-        return int(json.load(f)["epochs_done"])
-    except FileNotFoundError:
-      return 0
+    state = read_json(os.path.join(directory, cls.STATE))
+    return int(state["epochs_done"]) if state else 0
 
   @classmethod
   def restore(cls, model: keras.Model, directory: str) -> int:
@@ -67,11 +73,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
     return done
 
   def on_epoch_end(self, epoch, logs=None):
-    os.makedirs(self.directory, exist_ok=True)
-    path = os.path.join(self.directory, self.WEIGHTS)
-    tmp = os.path.join(self.directory, "tmp." + self.WEIGHTS)
-    self.model.save_weights(tmp)
-    os.replace(tmp, path)
+    save_weights_atomic(self.model, os.path.join(self.directory, self.WEIGHTS))
     write_json_atomic(os.path.join(self.directory, self.STATE), {"epochs_done": epoch + 1})
 
 

@@ -229,10 +229,7 @@ class BestWeights(keras.callbacks.Callback):
     value = (logs or {}).get(self.monitor)
     if value is None or value <= self.best.get("value", float("-inf")):
       return
-    os.makedirs(self.directory, exist_ok=True)
-    tmp = os.path.join(self.directory, "tmp." + self.WEIGHTS)
-    self.model.save_weights(tmp)
-    os.replace(tmp, os.path.join(self.directory, self.WEIGHTS))
+    callbacks.save_weights_atomic(self.model, os.path.join(self.directory, self.WEIGHTS))
     self.best = {"epoch": epoch + 1, self.monitor: float(value), "value": float(value)}
     callbacks.write_json_atomic(os.path.join(self.directory, self.STATE), self.best)
 
