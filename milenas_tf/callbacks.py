@@ -88,7 +88,7 @@ def last_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
   """The learning rate of the optimiser's last step (its schedule at iterations - 1)."""
   schedule = optimizer._learning_rate  # pylint: disable=protected-access
   if callable(schedule):
-    return float(schedule(max(int(optimizer.iterations) - 1, 0)))
+    return float(schedule(max(int(optimizer.iterations.numpy()) - 1, 0)))
   return float(optimizer.learning_rate)
 
 

@@ -17,6 +17,7 @@ import math
 import keras
 import tensorflow as tf
 
+from milenas_tf import distribution
 from milenas_tf import genotypes
 from milenas_tf.errors import UserInputError
 
@@ -105,10 +106,17 @@ def batch_norm(x: tf.Tensor, moving_mean: keras.Variable,
     gamma: optional scale; ones when absent (an affine-free batch norm).
     beta: optional offset; zeros when absent.
 
+  Under a distribution strategy with several replicas the batch statistics are
+  those of the global batch (all-reduced across replicas; see
+  `set_sync_batch_norm`), so that a step on N replicas computes what one device
+  computes on the whole batch.
+
   Returns:
     The normalised tensor, of the dtype of `x`.
   """
   channels = x.shape[-1]
+  if training and _replicas_to_sync() > 1:
+    return _batch_norm_synchronized(x, moving_mean, moving_variance, gamma, beta)
   if x.dtype == tf.float64:
     return _batch_norm_float64(x, moving_mean, moving_variance, training, gamma, beta)
   scale = tf.ones([channels], tf.float32) if gamma is None else tf.cast(gamma, tf.float32)
@@ -122,6 +130,43 @@ def batch_norm(x: tf.Tensor, moving_mean: keras.Variable,
     moving_mean.assign(mean)
     moving_variance.assign(variance)
   return y
+
+
+_SYNC_BATCH_NORM = [True]
+
+
+def set_sync_batch_norm(enabled: bool) -> None:
+  """Whether batch norm in training uses global-batch statistics across replicas.
+
+  On (the default), a step on N replicas equals one step on one device with the
+  same global batch, at the cost of one all-reduce per batch norm. Off, each
+  replica normalises with its own sub-batch, as PyTorch's DataParallel does.
+  Takes effect for functions traced afterwards.
+  """
+  _SYNC_BATCH_NORM[0] = bool(enabled)
+
+
+def _replicas_to_sync() -> int:
+  return distribution.replicas_in_sync() if _SYNC_BATCH_NORM[0] else 1
+
+
+def _batch_norm_synchronized(x, moving_mean, moving_variance, gamma, beta):
+  """Training batch norm with the statistics of the global batch (all replicas)."""
+  context = tf.distribute.get_replica_context()
+  x32 = tf.cast(x, tf.float32)
+  local = tf.stack([tf.reduce_sum(x32, axis=[0, 1, 2]),
+                    tf.reduce_sum(tf.square(x32), axis=[0, 1, 2])])
+  count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
+  total, n = context.all_reduce(tf.distribute.ReduceOp.SUM, [local, count])
+  mean = total[0] / n
+  variance = tf.maximum(total[1] / n - tf.square(mean), 0.0)
+  unbiased = variance * n / tf.maximum(n - 1.0, 1.0)
+  keep = BN_MOMENTUM
+  moving_mean.assign(keep * moving_mean + (1.0 - keep) * mean)
+  moving_variance.assign(keep * moving_variance + (1.0 - keep) * unbiased)
+  cast = lambda v: None if v is None else tf.cast(v, tf.float32)
+  y = tf.nn.batch_normalization(x32, mean, variance, cast(beta), cast(gamma), BN_EPSILON)
+  return tf.cast(y, x.dtype)
 
 
 def _batch_norm_float64(x, moving_mean, moving_variance, training, gamma, beta):

@@ -66,6 +66,14 @@ class EpochExponentialDecay(keras.optimizers.schedules.LearningRateSchedule):
             "steps_per_epoch": self.steps_per_epoch}
 
 
+def scaled_learning_rate(learning_rate: float, batch_size: int, base_batch_size: int
+                         ) -> float:
+  """The linear scaling rule: `learning_rate * batch_size / base_batch_size`."""
+  if base_batch_size < 1:
+    raise ValueError(f"base_batch_size must be positive, got {base_batch_size}.")
+  return learning_rate * batch_size / base_batch_size
+
+
 def add_l2(grads: Sequence[tf.Tensor], variables: Sequence, weight_decay: float
            ) -> list[tf.Tensor]:
   """Coupled weight decay: g + weight_decay * v for every pair."""

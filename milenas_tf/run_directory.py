@@ -10,7 +10,7 @@ from milenas_tf.errors import UserInputError
 
 CONFIG_FILE = "config.json"
 # Keys that may differ between a run and its resumption (where the data comes from).
-RESUME_FREE_KEYS = ("data_dir", "data_source")
+RESUME_FREE_KEYS = ("data_dir", "data_source", "distribution")
 
 
 def check_output_dir(output_dir: str, config: dict, kind: str,

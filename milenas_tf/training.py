@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from milenas_tf import callbacks
 from milenas_tf import datasets
+from milenas_tf import distribution
 from milenas_tf import model_size
 from milenas_tf import networks
 from milenas_tf import optimization
@@ -65,6 +66,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.weight_decay = 3e-4
   config.grad_clip = 5.0
   config.label_smoothing = 0.0
+  # Distribution (milenas_tf/distribution.py); batch_size is the global batch.
+  config.distribution = "auto"        # auto | default | mirrored | multi_worker | /gpu:0,/gpu:1
+  config.scale_learning_rate = False  # learning_rate * batch_size / base_batch_size
+  config.base_batch_size = 96         # the batch the learning rate is given for
   return config
 
 
@@ -128,14 +133,19 @@ class TrainModel(keras.Model):
     return loss, logits
 
   def train_step(self, data):
+    """One step on a (per-replica) batch; on N replicas it equals one device's step.
+
+    The gradients are those of the global batch (`distribution.global_gradients`)
+    before clipping, so the clipped norm is that of the global-batch gradient.
+    """
     x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
     weights = self.network.trainable_variables
     with tf.GradientTape() as tape:
       loss, logits = self.loss_and_logits(x, y, training=True)
-    grads = tape.gradient(loss, weights)
+    grads = distribution.global_gradients(tape, loss, weights)
     grads = optimization.clip_by_global_norm(grads, self.grad_clip)
     grads = optimization.add_l2(grads, weights, self.weight_decay)
-    self.optimizer.apply_gradients(zip(grads, weights))
+    self.optimizer.apply_gradients(zip(distribution.for_optimizer(grads), weights))
     return self._update_metrics(loss, y, logits)
 
   def test_step(self, data):
@@ -152,11 +162,15 @@ class TrainModel(keras.Model):
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int
                            ) -> keras.optimizers.schedules.LearningRateSchedule:
-  """The per-epoch schedule the config names."""
+  """The per-epoch schedule the config names, linearly scaled with the batch if asked."""
+  learning_rate = config.learning_rate
+  if config.scale_learning_rate:
+    learning_rate = optimization.scaled_learning_rate(learning_rate, config.batch_size,
+                                                      config.base_batch_size)
   if config.schedule == "cosine":
-    return optimization.EpochCosineDecay(config.learning_rate, config.learning_rate_min,
+    return optimization.EpochCosineDecay(learning_rate, config.learning_rate_min,
                                          config.epochs, steps_per_epoch)
-  return optimization.EpochExponentialDecay(config.learning_rate, config.decay_rate,
+  return optimization.EpochExponentialDecay(learning_rate, config.decay_rate,
                                             steps_per_epoch)
 
 
@@ -267,6 +281,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if not 0.0 <= config.drop_path_rate < 1.0:
     raise UserInputError(f"config.drop_path_rate must be in [0, 1), got "
                          f"{config.drop_path_rate}.")
+  distribution.check_spec(config.distribution)
   if not 0.0 <= config.label_smoothing < 1.0:
     raise UserInputError(f"config.label_smoothing must be in [0, 1), got "
                          f"{config.label_smoothing}.")
@@ -292,13 +307,15 @@ def run_training(config: ml_collections.ConfigDict, output_dir: str, *,
       holding another run.
   """
   check_config(config)
+  strategy = distribution.strategy_for_batch(config.distribution, config.batch_size)
   resuming = run_directory.check_output_dir(output_dir, config.to_dict(), "training")
   keras.utils.set_random_seed(config.seed)
   train_ds, test_ds, info = datasets.train_datasets(
       config.dataset, config.batch_size, data_dir=config.data_dir or None,
       source=config.data_source, seed=config.seed, limit=config.limit or None,
       augment=config.augment, cutout_length=config.cutout_length)
-  model = build_train_model(config, info, int(train_ds.cardinality()))
+  with strategy.scope():
+    model = build_train_model(config, info, int(train_ds.cardinality()))
   checkpoint_dir = os.path.join(output_dir, "checkpoints")
   if not resuming:
     os.makedirs(output_dir, exist_ok=True)

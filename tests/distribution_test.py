@@ -1,0 +1,124 @@
+"""Strategies: two replicas compute one device's step; checkpoints cross strategies."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import tensorflow as tf
+
+from milenas_tf import distribution
+from milenas_tf import optimization
+from milenas_tf import training
+from milenas_tf.errors import UserInputError
+
+# Runs in a fresh process: the CPU must be split before TensorFlow starts.
+CHILD = textwrap.dedent("""
+    import json, sys
+    from milenas_tf import distribution
+    distribution.split_cpu(2)
+    import keras, numpy as np, tensorflow as tf
+    from milenas_tf import networks, operations, training
+
+    def make(strategy):
+      with strategy.scope():
+        net = networks.NetworkCIFAR("DARTS_V2", init_channels=4, num_cells=3,
+                                    input_shape=(24, 24, 3))
+        model = training.TrainModel(net, weight_decay=3e-4, grad_clip=0.5)
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                      jit_compile=False)
+      return model
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 24, 24, 3)).astype("float32")
+    y = rng.integers(0, 10, 8)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    two_devices = distribution.get_strategy("/cpu:0,/cpu:1")
+    try:
+      distribution.strategy_for_batch("/cpu:0,/cpu:1", 9)
+      uneven = ""
+    except Exception as error:  # pylint: disable=broad-except
+      uneven = str(error)
+    config = training.default_config()  # a whole run, under two replicas
+    config.update(dataset="fashion_mnist", setting="fashion_mnist", limit=256,
+                  batch_size=32, epochs=1, init_channels=4, num_cells=3,
+                  distribution="/cpu:0,/cpu:1")
+    run = training.run_training(config, sys.argv[2], verbose=0)
+    one = make(distribution.get_strategy("default"))
+    start = one.get_weights()
+    one.fit(data, epochs=2, verbose=0)  # two steps: momentum is used
+    result = {"replicas": two_devices.num_replicas_in_sync, "uneven": uneven,
+              "run_top1": run.test["top1"], "run_steps": len(run.history["loss"])}
+    for sync in (True, False):
+      operations.set_sync_batch_norm(sync)
+      two = make(two_devices)
+      two.set_weights(start)
+      two.fit(data, epochs=2, verbose=0)
+      result[f"diff_sync_{sync}"] = max(
+          float(np.abs(a - b).max()) for a, b in zip(one.get_weights(), two.get_weights()))
+    result["moved"] = max(float(np.abs(a - b).max())
+                          for a, b in zip(one.get_weights(), start))
+    path = sys.argv[1]
+    two.save_weights(path)  # written under two replicas, read on one device
+    restored = make(distribution.get_strategy("default"))
+    restored.load_weights(path)
+    result["restore_diff"] = max(float(np.abs(a - b).max())
+                                 for a, b in zip(two.get_weights(), restored.get_weights()))
+    print(json.dumps(result))
+""")
+
+
+@pytest.fixture(scope="module")
+def two_replica_run(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("ckpt") / "two.weights.h5")
+  out = str(tmp_path_factory.mktemp("run") / "train")
+  proc = subprocess.run([sys.executable, "-c", CHILD, path, out], capture_output=True,
+                        text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_two_replicas_equal_one_device_on_the_same_global_batch(two_replica_run):
+  assert two_replica_run["replicas"] == 2
+  assert two_replica_run["moved"] > 1e-2  # the steps changed the weights
+  assert two_replica_run["diff_sync_True"] < 1e-5
+  # Per-replica batch statistics (sync off) compute another function: the test
+  # above would see it.
+  assert two_replica_run["diff_sync_False"] > 1e-3
+
+
+def test_checkpoint_from_two_replicas_restores_on_one_device(two_replica_run):
+  assert two_replica_run["restore_diff"] == 0.0
+
+
+def test_a_batch_the_replicas_cannot_share_is_refused(two_replica_run):
+  assert "batch_size=9 must divide evenly among the 2 replicas" in two_replica_run["uneven"]
+
+
+def test_training_run_under_two_replicas(two_replica_run):
+  assert two_replica_run["run_steps"] == 1
+  assert 0.0 <= two_replica_run["run_top1"] <= 1.0
+
+
+def test_strategy_names():
+  assert distribution.get_strategy("default").num_replicas_in_sync == 1
+  auto = distribution.get_strategy("auto")  # no GPUs here: one device
+  assert auto.num_replicas_in_sync == max(1, len(tf.config.list_logical_devices("GPU")))
+  with pytest.raises(UserInputError, match="Unknown device"):
+    distribution.get_strategy("/gpu:7,/cpu:0")
+  with pytest.raises(UserInputError, match="Unknown distribution 'tpu'"):
+    distribution.get_strategy("tpu")
+  with pytest.raises(UserInputError, match="before TensorFlow initialises"):
+    tf.constant(1.0)
+    distribution.split_cpu(2)
+
+
+def test_linear_learning_rate_scaling():
+  assert optimization.scaled_learning_rate(0.1, 1024, 128) == pytest.approx(0.8)
+  config = training.default_config()
+  config.update(batch_size=192, base_batch_size=96, learning_rate=0.025)
+  assert float(training.learning_rate_schedule(config, 10)(0)) == pytest.approx(0.025)
+  config.scale_learning_rate = True
+  assert float(training.learning_rate_schedule(config, 10)(0)) == pytest.approx(0.05)
