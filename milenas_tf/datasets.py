@@ -82,22 +82,25 @@ _INFOS = {
 
 def dataset_info(name: str) -> DatasetInfo:
   """Returns the `DatasetInfo` of dataset `name`."""
-  _check_choice("dataset name", name, DATASETS)
+  check_choice("dataset name", name, DATASETS)
   return _INFOS[name]
 
 
-def _check_choice(what: str, value, choices) -> None:
+def check_choice(what: str, value, choices) -> None:
+  """Raises `UserInputError` unless `value` is one of `choices`."""
   if value not in choices:
     raise UserInputError(
         f"Unknown {what} {value!r}; use one of: {', '.join(choices)}.")
 
 
-def _check_positive_int(what: str, value, allow_none: bool = False) -> None:
+def check_int(what: str, value, minimum: int = 1, allow_none: bool = False) -> None:
+  """Raises `UserInputError` unless `value` is an integer >= `minimum` (or None if allowed)."""
   if value is None and allow_none:
     return
   if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-      or value < 1):
-    raise UserInputError(f"{what} must be a positive integer, got {value!r}.")
+      or value < minimum):
+    kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    raise UserInputError(f"{what} must be {kind}, got {value!r}.")
 
 
 # ----------------------------------------------------------------------------
@@ -206,9 +209,9 @@ def _load_arrays(name: str, split: str, data_dir: str | None, source: str,
                  limit: int | None) -> tuple[np.ndarray, np.ndarray]:
   """`load_arrays` with an optional leading-examples `limit`."""
   info = dataset_info(name)
-  _check_choice("split", split, SPLITS)
-  _check_choice("data source", source, SOURCES)
-  _check_positive_int("limit", limit, allow_none=True)
+  check_choice("split", split, SPLITS)
+  check_choice("data source", source, SOURCES)
+  check_int("limit", limit, allow_none=True)
   if name != "fashion_mnist" and source == "idx":
     raise UserInputError(
         f"source='idx' only supports fashion_mnist; use source='tfds' for "
@@ -408,7 +411,7 @@ def search_datasets(
       one batch.
   """
   info = dataset_info(name)
-  _check_positive_int("batch_size", batch_size)
+  check_int("batch_size", batch_size)
   if (isinstance(train_portion, bool) or
       not isinstance(train_portion, (int, float)) or
       not 0.0 < train_portion < 1.0):
@@ -465,7 +468,7 @@ def train_datasets(
       than one batch.
   """
   info = dataset_info(name)
-  _check_positive_int("batch_size", batch_size)
+  check_int("batch_size", batch_size)
   if cutout_length < 0:
     raise UserInputError(f"cutout_length must be 0 (off) or positive, got {cutout_length}.")
   images, labels = _load_arrays(name, "train", data_dir, source, limit)
@@ -484,7 +487,7 @@ def eval_dataset(name: str, split: str, batch_size: int, *,
                  limit: int | None = None) -> tf.data.Dataset:
   """Normalised, unaugmented, in-order `(x, y)` batches of a whole split."""
   info = dataset_info(name)
-  _check_positive_int("batch_size", batch_size)
+  check_int("batch_size", batch_size)
   images, labels = _load_arrays(name, split, data_dir, source, limit)
   return _eval_pipeline(images, labels, batch_size, info)
 
@@ -510,9 +513,9 @@ def synthetic_search_datasets(
     `search_datasets`; `train_ds` has exactly `steps` elements (the same
     pre-generated batch, so the pipeline costs nothing) and `val_eval_ds` 2.
   """
-  _check_positive_int("batch_size", batch_size)
-  _check_positive_int("steps", steps)
-  _check_positive_int("num_classes", num_classes)
+  check_int("batch_size", batch_size)
+  check_int("steps", steps)
+  check_int("num_classes", num_classes)
   image_shape = tuple(int(d) for d in image_shape)
   rng = np.random.default_rng(seed)
 

@@ -30,9 +30,9 @@ from __future__ import annotations
 import math
 import os
 
-import numpy as np
 import tensorflow as tf
 
+from milenas_tf import datasets
 from milenas_tf.datasets import DatasetInfo
 from milenas_tf.errors import UserInputError
 
@@ -65,21 +65,6 @@ _SHARD_PATTERNS = ("{split}-*-of-*", "{split}/{split}-*-of-*")
 _FOLDER_SPLITS = {"train": ("train",), "validation": ("val", "validation")}
 _TFRECORD_BUFFER_BYTES = 8 << 20
 _MAX_INTERLEAVE_FILES = 16
-
-
-# ----------------------------------------------------------------------------
-# Argument checks.
-# ----------------------------------------------------------------------------
-
-
-def _check_int(what: str, value, minimum: int = 1,
-               allow_none: bool = False) -> None:
-  if value is None and allow_none:
-    return
-  if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-      or value < minimum):
-    kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-    raise UserInputError(f"{what} must be {kind}, got {value!r}.")
 
 
 # ----------------------------------------------------------------------------
@@ -462,10 +447,7 @@ def _read_tfds(builder, split: str, *, shuffle: bool, seed: int,
 
 def _resolve_source(source: str, data_dir: str | None,
                     manual_dir: str | None) -> str:
-  if source not in SOURCES:
-    raise UserInputError(
-        f"Unknown ImageNet source {source!r}; use one of: "
-        f"{', '.join(SOURCES)}.")
+  datasets.check_choice("ImageNet source", source, SOURCES)
   if data_dir is None:
     if source in ("tfrecord", "folder"):
       raise UserInputError(
@@ -556,13 +538,13 @@ def imagenet_datasets(
   Raises:
     UserInputError: On bad arguments or missing data.
   """
-  _check_int("batch_size", batch_size)
-  _check_int("image_size", image_size)
-  _check_int("resize_size", resize_size)
-  _check_int("limit", limit, allow_none=True)
-  _check_int("shuffle_buffer", shuffle_buffer)
-  _check_int("label_offset", label_offset, minimum=0)
-  _check_int("seed", seed, minimum=0)
+  datasets.check_int("batch_size", batch_size)
+  datasets.check_int("image_size", image_size)
+  datasets.check_int("resize_size", resize_size)
+  datasets.check_int("limit", limit, allow_none=True)
+  datasets.check_int("shuffle_buffer", shuffle_buffer)
+  datasets.check_int("label_offset", label_offset, minimum=0)
+  datasets.check_int("seed", seed, minimum=0)
   if resize_size < image_size:
     raise UserInputError(
         f"resize_size={resize_size} is smaller than image_size={image_size}; "

@@ -160,13 +160,19 @@ def _batch_norm_synchronized(x, moving_mean, moving_variance, gamma, beta):
   total, n = context.all_reduce(tf.distribute.ReduceOp.SUM, [local, count])
   mean = total[0] / n
   variance = tf.maximum(total[1] / n - tf.square(mean), 0.0)
-  unbiased = variance * n / tf.maximum(n - 1.0, 1.0)
-  keep = BN_MOMENTUM
-  moving_mean.assign(keep * moving_mean + (1.0 - keep) * mean)
-  moving_variance.assign(keep * moving_variance + (1.0 - keep) * unbiased)
+  _update_moving_statistics(moving_mean, moving_variance, mean, variance, n)
   cast = lambda v: None if v is None else tf.cast(v, tf.float32)
   y = tf.nn.batch_normalization(x32, mean, variance, cast(beta), cast(gamma), BN_EPSILON)
   return tf.cast(y, x.dtype)
+
+
+def _update_moving_statistics(moving_mean, moving_variance, mean, variance, count):
+  """PyTorch's running averages: the batch variance enters unbiased (n / (n - 1))."""
+  dtype = mean.dtype
+  unbiased = variance * count / tf.maximum(count - 1.0, 1.0)
+  keep = tf.constant(BN_MOMENTUM, dtype)
+  moving_mean.assign(keep * tf.cast(moving_mean, dtype) + (1.0 - keep) * mean)
+  moving_variance.assign(keep * tf.cast(moving_variance, dtype) + (1.0 - keep) * unbiased)
 
 
 def _batch_norm_float64(x, moving_mean, moving_variance, training, gamma, beta):
@@ -176,11 +182,7 @@ def _batch_norm_float64(x, moving_mean, moving_variance, training, gamma, beta):
     mean = tf.reduce_mean(x, axis=[0, 1, 2])
     variance = tf.reduce_mean(tf.square(x - mean), axis=[0, 1, 2])
     count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), x.dtype)
-    unbiased = variance * count / tf.maximum(count - 1.0, 1.0)
-    keep = tf.constant(BN_MOMENTUM, x.dtype)
-    moving_mean.assign(keep * tf.cast(moving_mean, x.dtype) + (1.0 - keep) * mean)
-    moving_variance.assign(keep * tf.cast(moving_variance, x.dtype)
-                           + (1.0 - keep) * unbiased)
+    _update_moving_statistics(moving_mean, moving_variance, mean, variance, count)
   else:
     mean = tf.cast(moving_mean, x.dtype)
     variance = tf.cast(moving_variance, x.dtype)

@@ -1,5 +1,6 @@
 """The primitives against float64 NumPy re-computations of the reference definitions."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -116,11 +117,18 @@ def test_stride_two_is_not_tf_same_padding():
   assert not np.allclose(ours.numpy(), same.numpy())
 
 
-def test_batch_norm_running_statistics_follow_pytorch():
-  bn = ops.BatchNorm(affine=True)
-  x = np.random.default_rng(2).normal(2.0, 3.0, size=(4, 5, 5, 3)).astype(np.float32)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])  # fused kernel; by definition
+def test_batch_norm_running_statistics_follow_pytorch(dtype):
+  policy = keras.config.dtype_policy()
+  keras.config.set_dtype_policy(dtype)
+  try:
+    bn = ops.BatchNorm(affine=True)
+  finally:
+    keras.config.set_dtype_policy(policy)
+  x = np.random.default_rng(2).normal(2.0, 3.0, size=(4, 5, 5, 3)).astype(dtype)
   bn.build(x.shape)
   y = bn(tf.constant(x), training=True).numpy()
+  assert y.dtype == dtype
   np.testing.assert_allclose(y, np_bn(x.astype(np.float64)), atol=1e-4)
   flat = x.reshape(-1, 3).astype(np.float64)
   np.testing.assert_allclose(bn.moving_mean.numpy(), 0.1 * flat.mean(0), rtol=1e-5)
