@@ -25,6 +25,7 @@ import tensorflow as tf
 from milenas_tf import callbacks
 from milenas_tf import datasets
 from milenas_tf import distribution
+from milenas_tf import imagenet_input
 from milenas_tf import model_size
 from milenas_tf import networks
 from milenas_tf import optimization
@@ -33,6 +34,10 @@ from milenas_tf.errors import UserInputError
 
 EPOCH_LOG = "epochs.jsonl"
 SCHEDULES = ("cosine", "exponential")
+DATASETS = datasets.DATASETS + ("imagenet",)
+# ILSVRC-2012 training images: the epoch length of TFRecord shards, which cannot be counted
+# without reading them.
+IMAGENET_TRAIN_EXAMPLES = 1_281_167
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -70,6 +75,39 @@ def default_config() -> ml_collections.ConfigDict:
   config.distribution = "auto"        # auto | default | mirrored | multi_worker | /gpu:0,/gpu:1
   config.scale_learning_rate = False  # learning_rate * batch_size / base_batch_size
   config.base_batch_size = 96         # the batch the learning rate is given for
+  return config
+
+
+def imagenet_options() -> ml_collections.ConfigDict:
+  """`config.imagenet`: the options of the ImageNet input (`milenas_tf.imagenet_input`).
+
+  `config.data_dir` and `config.data_source` (auto | tfrecord | folder | tfds) say
+  where the images are; these say how they are read.
+  """
+  options = ml_collections.ConfigDict()
+  options.image_size = 224            # side of the training and evaluation crops
+  options.resize_size = 256           # shorter side before the evaluation centre crop
+  options.label_offset = 1            # TFRecord labels run from 1 to 1000
+  options.synsets = ""                # TFRecord: file of wnids, label 0 first (class names)
+  options.manual_dir = ""             # tfds: folder with the ILSVRC-2012 tar files
+  options.shuffle_buffer = imagenet_input.DEFAULT_SHUFFLE_BUFFER
+  options.train_examples = IMAGENET_TRAIN_EXAMPLES  # epoch length of TFRecord shards
+  return options
+
+
+def imagenet_config() -> ml_collections.ConfigDict:
+  """The ImageNet mobile recipe (DESIGN.md §4; DARTS Appendix A.2, MiLeNAS
+  supplementary Section A.2): 14 cells, C=48, 250 epochs of batch 128, SGD 0.1
+  decayed x0.97 per epoch, weight decay 3e-5, label smoothing 0.1, no drop path,
+  under 600M mult-adds. The cell is DARTS_V2, whose ImageNet figures are published
+  (4.7M parameters, 574M mult-adds); MILENAS_3_87M fits the budget with C=46."""
+  config = default_config()
+  config.update(dict(
+      genotype="DARTS_V2", setting="imagenet", dataset="imagenet", init_channels=48, num_cells=14,
+      drop_path_rate=0.0, mult_add_budget=600_000_000, cutout_length=0, epochs=250,
+      batch_size=128, base_batch_size=128, learning_rate=0.1, schedule="exponential",
+      decay_rate=0.97, weight_decay=3e-5, label_smoothing=0.1))
+  config.imagenet = imagenet_options()
   return config
 
 
@@ -268,14 +306,14 @@ class TrainResult:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises `UserInputError` for a configuration that cannot run."""
-  datasets.dataset_info(config.dataset)
+  datasets.check_choice("dataset name", config.dataset, DATASETS)
   if config.setting not in networks.SETTINGS:
     raise UserInputError(f"Unknown setting {config.setting!r}; choose one of "
                          f"{', '.join(sorted(networks.SETTINGS))}.")
   if config.schedule not in SCHEDULES:
     raise UserInputError(f"Unknown schedule {config.schedule!r}; choose one of "
                          f"{', '.join(SCHEDULES)}.")
-  for key in ("epochs", "batch_size", "init_channels", "num_cells"):
+  for key in ("epochs", "batch_size", "init_channels", "num_cells", "base_batch_size"):
     if int(config[key]) < 1:
       raise UserInputError(f"config.{key} must be positive, got {config[key]}.")
   if not 0.0 <= config.drop_path_rate < 1.0:
@@ -285,6 +323,44 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if not 0.0 <= config.label_smoothing < 1.0:
     raise UserInputError(f"config.label_smoothing must be in [0, 1), got "
                          f"{config.label_smoothing}.")
+
+
+def _imagenet_options(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config.imagenet` over the defaults of `imagenet_options()`."""
+  options = imagenet_options()
+  options.update(config.get("imagenet") or {})
+  return options
+
+
+def load_datasets(config: ml_collections.ConfigDict
+                  ) -> tuple[tf.data.Dataset, tf.data.Dataset, datasets.DatasetInfo, int]:
+  """The training and test pipelines of a config, their `DatasetInfo` and the
+  number of training steps per epoch.
+
+  ImageNet's test split is its validation set (`imagenet_input.imagenet_datasets`).
+
+  Raises:
+    UserInputError: for missing data or bad input options.
+  """
+  common = dict(data_dir=config.data_dir or None, source=config.data_source,
+                seed=config.seed, limit=config.limit or None)
+  if config.dataset != "imagenet":
+    train_ds, test_ds, info = datasets.train_datasets(
+        config.dataset, config.batch_size, augment=config.augment,
+        cutout_length=config.cutout_length, **common)
+    return train_ds, test_ds, info, int(train_ds.cardinality())
+  options = _imagenet_options(config)
+  train_ds, test_ds, info = imagenet_input.imagenet_datasets(
+      config.batch_size, image_size=options.image_size, resize_size=options.resize_size,
+      label_offset=options.label_offset, shuffle_buffer=options.shuffle_buffer,
+      synsets=options.synsets or None, manual_dir=options.manual_dir or None, **common)
+  steps = int(train_ds.cardinality())
+  if steps < 0:  # TFRecord shards: their length is configured.
+    examples = options.train_examples
+    if config.limit:
+      examples = min(examples, config.limit)
+    steps = max(1, examples // config.batch_size)
+  return train_ds, test_ds, info, steps
 
 
 def run_training(config: ml_collections.ConfigDict, output_dir: str, *,
@@ -310,12 +386,9 @@ def run_training(config: ml_collections.ConfigDict, output_dir: str, *,
   strategy = distribution.strategy_for_batch(config.distribution, config.batch_size)
   resuming = run_directory.check_output_dir(output_dir, config.to_dict(), "training")
   keras.utils.set_random_seed(config.seed)
-  train_ds, test_ds, info = datasets.train_datasets(
-      config.dataset, config.batch_size, data_dir=config.data_dir or None,
-      source=config.data_source, seed=config.seed, limit=config.limit or None,
-      augment=config.augment, cutout_length=config.cutout_length)
+  train_ds, test_ds, info, steps_per_epoch = load_datasets(config)
   with strategy.scope():
-    model = build_train_model(config, info, int(train_ds.cardinality()))
+    model = build_train_model(config, info, steps_per_epoch)
   checkpoint_dir = os.path.join(output_dir, "checkpoints")
   if not resuming:
     os.makedirs(output_dir, exist_ok=True)
@@ -374,10 +447,17 @@ def evaluate_checkpoint(output_dir: str, split: str = "test", which: str = "last
                                                                    "checkpoints"))
   if not os.path.exists(path):
     raise UserInputError(f"{path} does not exist; train at least one epoch first.")
-  ds = datasets.eval_dataset(config.dataset, split, config.batch_size,
-                             data_dir=config.data_dir or None, source=config.data_source,
-                             limit=config.limit or None)
-  model = build_train_model(config, datasets.dataset_info(config.dataset), 1)
+  if config.dataset == "imagenet":
+    if split != "test":
+      raise UserInputError(f"ImageNet runs are evaluated on the validation set "
+                           f"(split 'test'), not {split!r}.")
+    _, ds, info, _ = load_datasets(config)
+  else:
+    info = datasets.dataset_info(config.dataset)
+    ds = datasets.eval_dataset(config.dataset, split, config.batch_size,
+                               data_dir=config.data_dir or None,
+                               source=config.data_source, limit=config.limit or None)
+  model = build_train_model(config, info, 1)
   model.load_weights(path)
   result = model.evaluate(ds, verbose=0, return_dict=True)
   return {**{k: float(v) for k, v in result.items()}, "epoch": epoch}

@@ -182,3 +182,60 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
   assert run.returncode == 2
   assert run.stderr.strip().splitlines()[-1].startswith("error:")
   assert "holds no training run" in run.stderr and "Traceback" not in run.stderr
+
+
+def _write_image_folder(root, split, num_classes, per_class, size=(48, 40)):
+  rng = np.random.default_rng(len(split))
+  for label in range(num_classes):
+    directory = root / split / f"n{label:08d}"
+    directory.mkdir(parents=True)
+    for i in range(per_class):
+      colour = np.full(size + (3,), 60 * label + 40, np.uint8)
+      noise = rng.integers(0, 20, size + (3,), dtype=np.uint8)
+      (directory / f"{i}.JPEG").write_bytes(tf.io.encode_jpeg(colour + noise).numpy())
+
+
+def test_imagenet_recipe_trains_from_an_image_folder(tmp_path):
+  for split, per_class in (("train", 4), ("val", 2)):
+    _write_image_folder(tmp_path / "imagenet", split, num_classes=3, per_class=per_class)
+  config = training.imagenet_config()
+  config.update(dict(data_dir=str(tmp_path / "imagenet"), init_channels=4, num_cells=3,
+                     batch_size=4, epochs=2))
+  config.imagenet.update(dict(image_size=192, resize_size=208))
+  out = str(tmp_path / "run")
+  result = training.run_training(config, out, verbose=0)
+  records = read_epoch_log(os.path.join(out, training.EPOCH_LOG))
+  # 12 training images in batches of 4: 3 steps per epoch, x0.97 after each epoch.
+  assert [r["learning_rate"] for r in records] == pytest.approx([0.1, 0.1 * 0.97])
+  assert [r["drop_path_rate"] for r in records] == [0.0, 0.0]
+  assert all(np.isfinite(r["loss"]) for r in records)
+  last = training.evaluate_checkpoint(out)
+  assert last["epoch"] == 2
+  assert last["top1"] == pytest.approx(result.test["top1"], abs=1e-6)
+  with pytest.raises(UserInputError, match="validation set"):
+    training.evaluate_checkpoint(out, split="train")
+
+
+def _write_tfrecord(path, count):
+  with tf.io.TFRecordWriter(str(path)) as writer:
+    for i in range(count):
+      image = tf.io.encode_jpeg(np.full((20, 20, 3), 9 * i, np.uint8)).numpy()
+      features = {
+          "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+          "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[1])),
+      }
+      writer.write(tf.train.Example(
+          features=tf.train.Features(feature=features)).SerializeToString())
+
+
+def test_imagenet_tfrecord_epoch_length_comes_from_the_config(tmp_path):
+  for split in ("train", "validation"):
+    _write_tfrecord(tmp_path / f"{split}-00000-of-00001", 10)
+  config = training.imagenet_config()
+  config.update(dict(data_dir=str(tmp_path), batch_size=4))
+  config.imagenet.update(dict(image_size=16, resize_size=16, train_examples=10))
+  train_ds, _, info, steps = training.load_datasets(config)
+  assert int(train_ds.cardinality()) < 0  # shards cannot be counted without reading
+  assert steps == 2 and info.num_classes == 1000
+  config.limit = 5
+  assert training.load_datasets(config)[3] == 1
