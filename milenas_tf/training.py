@@ -29,6 +29,7 @@ from milenas_tf import imagenet_input
 from milenas_tf import model_size
 from milenas_tf import networks
 from milenas_tf import optimization
+from milenas_tf import precision
 from milenas_tf import run_directory
 from milenas_tf.errors import UserInputError
 
@@ -75,6 +76,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.distribution = "auto"        # auto | default | mirrored | multi_worker | /gpu:0,/gpu:1
   config.scale_learning_rate = False  # learning_rate * batch_size / base_batch_size
   config.base_batch_size = 96         # the batch the learning rate is given for
+  config.precision = "auto"           # auto (mixed_float16 on GPUs) | float32 | mixed_float16
   return config
 
 
@@ -132,7 +134,9 @@ class TrainModel(keras.Model):
   Loss: cross-entropy (label-smoothed if asked) of the logits plus
   `auxiliary_weight` times that of the auxiliary logits. Gradients: clipped to
   global norm `grad_clip`, then coupled L2 decay (PyTorch's order), then the
-  optimiser. Metrics: loss, top-1 and top-5 accuracy.
+  optimiser. Metrics: loss, top-1 and top-5 accuracy. With a loss-scaling
+  optimiser (`precision.wrap_optimizer`) the scaled loss is differentiated and the
+  scale divided out before clipping.
 
   Args:
     network: an `networks.EvalNetwork`.
@@ -178,11 +182,17 @@ class TrainModel(keras.Model):
     """
     x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
     weights = self.network.trainable_variables
+    scale = precision.loss_scale(self.optimizer)
     with tf.GradientTape() as tape:
       loss, logits = self.loss_and_logits(x, y, training=True)
-    grads = distribution.global_gradients(tape, loss, weights)
+      scaled_loss = loss if scale is None else loss * scale
+    grads = distribution.global_gradients(tape, scaled_loss, weights)
+    if scale is not None:
+      grads = [g / scale for g in grads]
     grads = optimization.clip_by_global_norm(grads, self.grad_clip)
     grads = optimization.add_l2(grads, weights, self.weight_decay)
+    if scale is not None:  # the loss-scale optimiser divides by the scale itself
+      grads = [g * scale for g in grads]
     self.optimizer.apply_gradients(zip(distribution.for_optimizer(grads), weights))
     return self._update_metrics(loss, y, logits)
 
@@ -219,16 +229,18 @@ def build_train_model(config: ml_collections.ConfigDict, info: datasets.DatasetI
   Raises:
     UserInputError: for a bad genotype or sizes, or a network over the budget.
   """
-  network = networks.build_network(
-      config.genotype, config.setting, config.init_channels, config.num_cells,
-      auxiliary=config.auxiliary, num_classes=info.num_classes,
-      input_shape=info.image_shape, name="network")
+  policy = precision.resolve(config.precision)
+  with precision.policy_scope(policy):
+    network = networks.build_network(
+        config.genotype, config.setting, config.init_channels, config.num_cells,
+        auxiliary=config.auxiliary, num_classes=info.num_classes,
+        input_shape=info.image_shape, name="network")
+    model = TrainModel(network, config.auxiliary_weight, config.label_smoothing,
+                       config.weight_decay, config.grad_clip)
   if config.mult_add_budget:
     model_size.check_budget(network, config.mult_add_budget)
-  model = TrainModel(network, config.auxiliary_weight, config.label_smoothing,
-                     config.weight_decay, config.grad_clip)
-  optimizer = optimization.weight_optimizer(
-      learning_rate_schedule(config, steps_per_epoch), config.momentum)
+  optimizer = precision.wrap_optimizer(optimization.weight_optimizer(
+      learning_rate_schedule(config, steps_per_epoch), config.momentum), policy)
   model.compile(optimizer=optimizer, jit_compile=False)
   optimizer.build(network.trainable_variables)
   return model
@@ -320,6 +332,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise UserInputError(f"config.drop_path_rate must be in [0, 1), got "
                          f"{config.drop_path_rate}.")
   distribution.check_spec(config.distribution)
+  precision.resolve(config.precision)
   if not 0.0 <= config.label_smoothing < 1.0:
     raise UserInputError(f"config.label_smoothing must be in [0, 1), got "
                          f"{config.label_smoothing}.")

@@ -169,6 +169,9 @@ def test_another_configuration_is_refused(interrupted_then_resumed):
     ({"drop_path_rate": 1.0}, "drop_path_rate"),
     ({"genotype": "NO_SUCH_CELL"}, "NO_SUCH_CELL"),
     ({"mult_add_budget": 1000}, "over the budget"),
+    ({"base_batch_size": 0}, "base_batch_size must be positive"),
+    ({"precision": "float16"}, "Unknown precision"),
+    ({"dataset": "svhn"}, "Unknown dataset name 'svhn'"),
 ])
 def test_bad_configuration_is_a_one_line_error(tmp_path, overrides, message):
   with pytest.raises(UserInputError, match=message):
