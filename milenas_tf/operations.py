@@ -1,11 +1,14 @@
 """The eight primitive operations of the DARTS search space, as Keras layers.
 
 Each layer computes exactly the function of the reference (PyTorch) implementation
-for identical weights and inputs: bias-free convolutions with symmetric, explicit
-padding; average pooling that excludes the padding from its count; batch norm with
-epsilon 1e-5 and momentum 0.1 in PyTorch's convention (0.9 in Keras's). TensorFlow's
+for identical weights and inputs: bias-free convolutions with symmetric zero padding;
+average pooling that excludes the padding from its count; batch norm with epsilon 1e-5
+and momentum 0.1 in PyTorch's convention (0.9 in Keras's). TensorFlow's
 `padding="same"` pads stride-2 windows asymmetrically and so computes a different
-function; it is never used at stride 2 here.
+function; it is used only at stride 1, where it is the symmetric padding, and only
+where it is faster (see `depthwise_conv`). Some ops are computed by an equivalent,
+faster formulation on CPU (phase-split dilated convolutions, strided pooling of an
+explicitly padded input); first and second derivatives are those of the definition.
 
 Reference: He et al., "MiLeNAS: Efficient Neural Architecture Search via Mixed-Level
 Reformulation", CVPR 2020, supplementary Section A.1; Liu et al., "DARTS", ICLR 2019.
@@ -31,16 +34,31 @@ def torch_uniform(fan_in: int) -> keras.initializers.Initializer:
   return keras.initializers.RandomUniform(-bound, bound)
 
 
+def _padding(padding: int) -> str | list[list[int]]:
+  """TF's padding argument for `padding` zeros on every side ("VALID" for none)."""
+  return "VALID" if padding == 0 else [[0, 0], [padding, padding], [padding, padding],
+                                       [0, 0]]
+
+
 def depthwise_conv(x: tf.Tensor, kernel: tf.Tensor, strides: int, padding: int,
                    dilation: int = 1) -> tf.Tensor:
-  """Depthwise convolution with symmetric explicit padding, as PyTorch computes it.
+  """Depthwise convolution with symmetric zero padding, as PyTorch computes it.
 
   TensorFlow refuses a stride above 1 together with a dilation above 1. When the
-  stride equals the dilation and divides the padding (every dilated op of the
-  search space), each output reads only inputs at multiples of the stride, so the
-  function is an undilated stride-1 convolution of the subsampled input with
-  padding `padding // dilation`: exact, at a quarter of the cost. Otherwise it is
-  the stride-1 dilated convolution, subsampled.
+  dilation divides the padding (every dilated op of the search space), output
+  positions congruent modulo the dilation read only inputs of one such class (one
+  polyphase component), and each component is an undilated convolution with padding
+  `padding // dilation`. At stride 1 all components are computed as one batch
+  (space-to-batch; the input zero-extended to a multiple of the dilation, the extra
+  outputs cropped); this is faster on CPU than TF's dilated path. At a stride equal
+  to the dilation only the first component is needed: the subsampled input, at a
+  quarter of the cost. Otherwise it is the stride-1 dilated convolution, subsampled.
+
+  "SAME" is the symmetric padding at stride 1 when `2 * padding == dilation * (k - 1)`,
+  and with oneDNN (TF_ENABLE_ONEDNN_OPTS=1) it lets oneDNN take the forward and
+  backward passes: faster for 3x3 kernels with channel multiplier 1, slower for 5x5
+  kernels and for multipliers above 1 (measured on a 2-core CPU; without oneDNN both
+  are as fast). It is used there only.
 
   Args:
     x: NHWC input.
@@ -52,14 +70,23 @@ def depthwise_conv(x: tf.Tensor, kernel: tf.Tensor, strides: int, padding: int,
   Returns:
     NHWC output with `C * multiplier` channels (channel-major, as TF orders them).
   """
-  if strides > 1 and strides == dilation and padding % dilation == 0:
-    return depthwise_conv(x[:, ::strides, ::strides, :], kernel, 1, padding // dilation)
-  pads = [[0, 0], [padding, padding], [padding, padding], [0, 0]]
+  if dilation > 1 and padding % dilation == 0:
+    if strides == dilation:
+      return depthwise_conv(x[:, ::strides, ::strides, :], kernel, 1, padding // dilation)
+    if strides == 1 and x.shape[1:3].is_fully_defined():
+      block, extend = [dilation, dilation], [[0, -n % dilation] for n in x.shape[1:3]]
+      y = depthwise_conv(tf.space_to_batch(x, block, extend), kernel, 1,
+                         padding // dilation)
+      return tf.batch_to_space(y, block, extend)
+  size, _, _, multiplier = kernel.shape
   if strides > 1 and dilation > 1:
-    y = tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], pads,
+    y = tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], _padding(padding),
                                dilations=[dilation, dilation])
     return y[:, ::strides, ::strides, :]
-  return tf.nn.depthwise_conv2d(x, kernel, [1, strides, strides, 1], pads,
+  same = (strides == 1 and 2 * padding == dilation * (size - 1)
+          and (size, multiplier) == (3, 1))
+  return tf.nn.depthwise_conv2d(x, kernel, [1, strides, strides, 1],
+                                "SAME" if same else _padding(padding),
                                 dilations=[dilation, dilation])
 
 
@@ -68,24 +95,36 @@ def pointwise_conv(x: tf.Tensor, kernel: tf.Tensor, strides: int = 1) -> tf.Tens
   return tf.nn.conv2d(x, kernel[None, None], [1, strides, strides, 1], "VALID")
 
 
+def _padded_pool(pool, x: tf.Tensor, strides: int, value: float) -> tf.Tensor:
+  """3x3 `pool` at `strides` of `x` padded by one cell of `value` on every side."""
+  padded = tf.pad(x, _padding(1), constant_values=value)
+  return pool(padded, 3, strides, "VALID")
+
+
 def max_pool(x: tf.Tensor, strides: int) -> tf.Tensor:
   """3x3 max pooling, padding 1 (padded cells never win).
 
-  As in `avg_pool`, the stride-2 output at i is the stride-1 ("SAME") output at
-  2i; unlike explicit padding, "SAME" max pooling has a second derivative in TF.
+  At stride 1 TF's "SAME" pads one cell on each side. At stride 2 the input is padded
+  with -inf and pooled without padding: the same windows as the stride-1 output at
+  2i, at a quarter of the cost; unlike an explicit-padding pool, both have a second
+  derivative in TF.
   """
-  y = tf.nn.max_pool2d(x, 3, 1, "SAME")
-  return y[:, ::strides, ::strides, :] if strides > 1 else y
+  if strides == 1:
+    return tf.nn.max_pool2d(x, 3, 1, "SAME")
+  return _padded_pool(tf.nn.max_pool2d, x, strides, -math.inf)
 
 
 def avg_pool(x: tf.Tensor, strides: int) -> tf.Tensor:
   """3x3 average pooling, padding 1, padded cells excluded from the count.
 
   At stride 1, TF's "SAME" pads one cell on each side and already excludes the
-  padding; the stride-2 output at i is the stride-1 output at 2i.
+  padding. At stride 2 the zero-padded input is pooled without padding (sums over 9)
+  and divided by the pooled ones (each window's share of real cells).
   """
-  y = tf.nn.avg_pool2d(x, 3, 1, "SAME")
-  return y[:, ::strides, ::strides, :] if strides > 1 else y
+  if strides == 1:
+    return tf.nn.avg_pool2d(x, 3, 1, "SAME")
+  share = _padded_pool(tf.nn.avg_pool2d, tf.ones_like(x[:1, :, :, :1]), strides, 0)
+  return _padded_pool(tf.nn.avg_pool2d, x, strides, 0) / share
 
 
 def batch_norm(x: tf.Tensor, moving_mean: keras.Variable,
@@ -250,9 +289,7 @@ class ReLUConvBN(keras.layers.Layer):
     self.bn.build(input_shape[:-1] + (self.filters,))
 
   def call(self, x, training=False):
-    p = self.padding
-    y = tf.nn.conv2d(tf.nn.relu(x), self.kernel, self.strides,
-                     [[0, 0], [p, p], [p, p], [0, 0]])
+    y = tf.nn.conv2d(tf.nn.relu(x), self.kernel, self.strides, _padding(self.padding))
     return self.bn(y, training=training)
 
   def get_config(self):
@@ -345,9 +382,9 @@ def factorized_reduce(x: tf.Tensor, kernel_a: tf.Tensor, kernel_b: tf.Tensor) ->
   Returns:
     The two results, concatenated on channels (before batch norm).
   """
-  r = tf.nn.relu(x)
+  r = tf.nn.relu(x)  # The shifted stride-2 conv reads the odd positions only.
   return tf.concat([pointwise_conv(r, kernel_a, 2),
-                    pointwise_conv(r[:, 1:, 1:, :], kernel_b, 2)], axis=-1)
+                    pointwise_conv(r[:, 1::2, 1::2, :], kernel_b)], axis=-1)
 
 
 class FactorizedReduce(keras.layers.Layer):

@@ -146,7 +146,7 @@ class MixedOps(keras.layers.Layer):
     if s > 1:  # skip_connect is a FactorizedReduce per edge; the edges share the input.
       half = c // 2
       reduced_a = ops.pointwise_conv(relu, tf.cast(self.reduce_a, x.dtype), 2)
-      reduced_b = ops.pointwise_conv(relu[:, 1:, 1:, :], tf.cast(self.reduce_b, x.dtype), 2)
+      reduced_b = ops.pointwise_conv(relu[:, 1::2, 1::2, :], tf.cast(self.reduce_b, x.dtype))
       shape = _spatial_shape(reduced_a)
       reduced = tf.concat([tf.reshape(reduced_a, shape + [k, half]),
                            tf.reshape(reduced_b, shape + [k, half])], axis=-1)

@@ -1,4 +1,8 @@
-"""The primitives against float64 NumPy re-computations of the reference definitions."""
+"""The primitives against float64 re-computations of the reference definitions.
+
+Values against NumPy; first and second derivatives of the faster formulations against
+TF's straightforward ones (explicit padding, stride-1 ops subsampled).
+"""
 
 import keras
 import numpy as np
@@ -106,6 +110,94 @@ def test_dilated_stride_two_is_stride_one_subsampled(size, kernel, padding):
   assert got.shape == want.shape
   np.testing.assert_allclose(got, want, atol=1e-9)
   np.testing.assert_allclose(got, np_depthwise(x, k, 2, padding, 2), atol=1e-9)
+
+
+def value_and_derivatives(f, *args):
+  """f's value, and the first and second derivatives the searches take of it.
+
+  The loss sum(g * f(args)^2) (a fixed cotangent g), its gradient with respect to
+  every argument, and the gradient of that gradient's dot product with a fixed vector
+  (a Hessian-vector product, through nested tapes, as the exact second-order search).
+  """
+  args = [tf.constant(a) for a in args]
+  with tf.GradientTape() as outer:
+    outer.watch(args)
+    with tf.GradientTape() as inner:
+      inner.watch(args)
+      y = f(*args)
+      g = tf.sin(tf.reshape(tf.range(tf.size(y), dtype=y.dtype), tf.shape(y)))
+      loss = tf.reduce_sum(g * tf.square(y))
+    grads = inner.gradient(loss, args)
+    dot = tf.add_n([tf.reduce_sum(d * tf.cos(a)) for d, a in zip(grads, args)])
+  return [t.numpy() for t in [y, *grads, *outer.gradient(dot, args)]]
+
+
+def assert_same_derivatives(got, want):
+  assert [a.shape for a in got] == [a.shape for a in want]
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+# (kernel, stride, padding, dilation, multiplier): the "SAME" path (3x3, multiplier
+# 1), explicit padding (5x5, multiplier 2, stride 2), the phase split (dilation 2
+# and 3, where odd sizes are zero-extended), the subsampled-input shortcut and the
+# general strided dilated path.
+CONVS = [(3, 1, 1, 1, 1), (5, 1, 2, 1, 1), (3, 1, 1, 1, 2), (3, 2, 1, 1, 1),
+         (3, 1, 2, 2, 1), (5, 1, 4, 2, 2), (3, 1, 3, 3, 1), (3, 2, 2, 2, 1),
+         (5, 2, 4, 2, 2), (3, 2, 3, 2, 1)]
+
+
+@pytest.mark.parametrize("size", [7, 8])
+@pytest.mark.parametrize("kernel,stride,padding,dilation,multiplier", CONVS)
+def test_depthwise_conv_derivatives_match_definition(kernel, stride, padding, dilation,
+                                                     multiplier, size):
+  """Value, gradients and second derivatives equal those of the definition.
+
+  The definition: TF's stride-1 (dilated) convolution with explicit symmetric
+  padding, subsampled at the stride.
+  """
+  rng = np.random.default_rng(6)
+  x = rng.normal(size=(2, size, size, 3))
+  k = rng.normal(size=(kernel, kernel, 3, multiplier))
+  pads = [[0, 0], [padding, padding], [padding, padding], [0, 0]]
+
+  def definition(x, k):
+    y = tf.nn.depthwise_conv2d(x, k, [1, 1, 1, 1], pads, dilations=[dilation] * 2)
+    return y[:, ::stride, ::stride, :]
+
+  got = value_and_derivatives(
+      lambda x, k: ops.depthwise_conv(x, k, stride, padding, dilation), x, k)
+  assert_same_derivatives(got, value_and_derivatives(definition, x, k))
+
+
+@pytest.mark.parametrize("size", [7, 8])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_stride_two_pool_derivatives_match_definition(kind, size):
+  """Against the stride-1 "SAME" pool (padding 1, excluded) subsampled at 2.
+
+  Mostly negative inputs, so that a padding value of 0 would win some maxima.
+  """
+  x = np.random.default_rng(7).normal(-1.0, 1.0, size=(2, size, size, 3))
+  ours, tf_pool = {"max": (ops.max_pool, tf.nn.max_pool2d),
+                   "avg": (ops.avg_pool, tf.nn.avg_pool2d)}[kind]
+  got = value_and_derivatives(lambda x: ours(x, 2), x)
+  want = value_and_derivatives(lambda x: tf_pool(x, 3, 1, "SAME")[:, ::2, ::2, :], x)
+  assert_same_derivatives(got, want)
+
+
+def test_factorized_reduce_derivatives_match_definition():
+  """Against the two stride-2 1x1 convs, the second on the input shifted by a pixel."""
+  rng = np.random.default_rng(8)
+  x = rng.normal(size=(2, 8, 8, 4))
+  ka, kb = rng.normal(size=(4, 3)), rng.normal(size=(4, 2))
+
+  def definition(x, ka, kb):
+    r = tf.nn.relu(x)
+    return tf.concat([tf.nn.conv2d(r, ka[None, None], 2, "VALID"),
+                      tf.nn.conv2d(r[:, 1:, 1:, :], kb[None, None], 2, "VALID")], axis=-1)
+
+  assert_same_derivatives(value_and_derivatives(ops.factorized_reduce, x, ka, kb),
+                          value_and_derivatives(definition, x, ka, kb))
 
 
 def test_stride_two_is_not_tf_same_padding():
