@@ -105,8 +105,8 @@ def imagenet_config() -> ml_collections.ConfigDict:
   (4.7M parameters, 574M mult-adds); MILENAS_3_87M fits the budget with C=46."""
   config = default_config()
   config.update(dict(
-      genotype="DARTS_V2", setting="imagenet", dataset="imagenet", init_channels=48, num_cells=14,
-      drop_path_rate=0.0, mult_add_budget=600_000_000, cutout_length=0, epochs=250,
+      genotype="DARTS_V2", setting="imagenet", dataset="imagenet", init_channels=48,
+      num_cells=14, drop_path_rate=0.0, mult_add_budget=600_000_000, cutout_length=0, epochs=250,
       batch_size=128, base_batch_size=128, learning_rate=0.1, schedule="exponential",
       decay_rate=0.97, weight_decay=3e-5, label_smoothing=0.1))
   config.imagenet = imagenet_options()
@@ -447,7 +447,8 @@ def evaluate_checkpoint(output_dir: str, split: str = "test", which: str = "last
   if saved is None:
     raise UserInputError(f"{output_dir} holds no training run ({config_path} is "
                          "missing); pass the --output_dir of bin/train.py.")
-  config = ml_collections.ConfigDict(saved)
+  config = default_config()  # keys a run written by an earlier version lacks keep defaults
+  config.update(saved)
   if data_dir is not None:
     config.data_dir = data_dir
   if which == "best":
