@@ -1,4 +1,12 @@
-"""Shared plumbing of the `bin/` scripts: one-line errors instead of tracebacks."""
+"""Shared plumbing of the `bin/` scripts: one-line errors instead of tracebacks, and
+TensorFlow's oneDNN kernels on.
+
+The scripts import this module before anything that imports TensorFlow: oneDNN
+(`TF_ENABLE_ONEDNN_OPTS`) is read when TensorFlow is imported. TensorFlow enables it
+by default only on CPUs with AVX-512 VNNI or AMX; on a 2-core AVX2 CPU it makes the
+search step 0.77x and the training step about 0.8x as long (docs/benchmarks.md). An
+explicit `TF_ENABLE_ONEDNN_OPTS=0` in the environment is respected.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +14,11 @@ import os
 import sys
 from typing import Callable
 
-from absl import app
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-from milenas_tf.errors import UserInputError
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from milenas_tf.errors import UserInputError  # pylint: disable=g-import-not-at-top
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "configs")
