@@ -2,12 +2,15 @@
 
   python bin/benchmark.py                       # search: paper and small configs, both orders
   python bin/benchmark.py --configs=small --orders=fused --steps=3
-  python bin/benchmark.py --configs= --train_configs=cifar10,imagenet --steps=3
+  python bin/benchmark.py --configs= --train_configs=cifar10,imagenet --devices=1,2
+  python bin/benchmark.py --configs=paper --orders=reference --onednn=on,off
   python bin/benchmark.py --configs=paper --orders=reference \
       --methods=milenas,darts_2nd,milenas_2nd --hessians=finite_difference,exact
 
-Results of the same configuration and order carry their ratio to `milenas`
-(`step_s_vs_milenas`, ...) when `milenas` is among the methods.
+Results of the same configuration, order and oneDNN setting carry their ratio to
+`milenas` (`step_s_vs_milenas`, ...) when `milenas` is among the methods. Every job
+runs with oneDNN on (`TF_ENABLE_ONEDNN_OPTS=1`, as the scripts do) unless `--onednn`
+says otherwise.
 """
 
 import json
@@ -18,8 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # pylint: disable=g-import-not-at-top
 
-from milenas_tf import benchmarks
-from milenas_tf import cli
+from milenas_tf import cli  # first: it turns oneDNN on before TensorFlow is imported
+from milenas_tf import benchmarks  # pylint: disable=g-bad-import-order
 
 _CONFIGS = flags.DEFINE_list("configs", ["small", "paper"],
                              f"Configurations: {', '.join(benchmarks.SEARCH_CONFIGS)}.")
@@ -30,6 +33,11 @@ _HESSIANS = flags.DEFINE_list("hessians", ["finite_difference"],
 _TRAIN_CONFIGS = flags.DEFINE_list(
     "train_configs", [],
     f"Training-step configurations: {', '.join(benchmarks.TRAIN_CONFIGS)} (none by default).")
+_DEVICES = flags.DEFINE_list(
+    "devices", ["1"], "Training jobs: replica counts (logical CPU devices under "
+    "MirroredStrategy above 1).")
+_ONEDNN = flags.DEFINE_list(
+    "onednn", ["on"], "oneDNN settings, one job each: on, off, default (as in this shell).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after the first one.")
 
 
@@ -37,7 +45,8 @@ def main(argv):
   cli.check_no_arguments(argv)
   jobs = benchmarks.search_jobs(_CONFIGS.value, _METHODS.value, _ORDERS.value,
                                 _STEPS.value, _HESSIANS.value)
-  jobs += benchmarks.train_jobs(_TRAIN_CONFIGS.value, _STEPS.value)
+  jobs += benchmarks.train_jobs(_TRAIN_CONFIGS.value, _STEPS.value, _DEVICES.value)
+  jobs = benchmarks.with_onednn(jobs, _ONEDNN.value)
   for result in benchmarks.with_ratios(benchmarks.run(jobs)):
     print(json.dumps(result), flush=True)
 

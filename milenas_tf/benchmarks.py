@@ -9,10 +9,12 @@ peak memory are those a user sees, and prints one JSON object per line.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Iterable, Iterator
 
@@ -111,19 +113,69 @@ def _time_steps(step_fn, steps: int) -> tuple[float, float]:
   return first_done, statistics.median(times)
 
 
+def _images_per_s(dataset, batches: int, batch_size: int) -> float:
+  """Images/s of a batched dataset alone, after one warm-up batch."""
+  iterator = iter(dataset.repeat().prefetch(2))
+  next(iterator)
+  t = time.perf_counter()
+  for _ in range(batches):
+    next(iterator)
+  return batches * batch_size / (time.perf_counter() - t)
+
+
+def _imagenet_pipeline_images_per_s(batch_size: int, batches: int,
+                                    image_size: int) -> float:
+  """Images/s of the ImageNet training pipeline over synthetic JPEG TFRecords.
+
+  256 smooth random images of 500x375 (the median ILSVRC-2012 size), JPEG
+  quality 90, in two shards; decoding, random-resized crop, flip and colour
+  jitter as in training.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from milenas_tf import imagenet_input  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  with tempfile.TemporaryDirectory() as directory:
+    for split, shard in (("train", 0), ("train", 1), ("validation", 0)):
+      path = os.path.join(directory, f"{split}-{shard:05d}-of-00002")
+      with tf.io.TFRecordWriter(path) as writer:
+        for _ in range(128 if split == "train" else 1):
+          coarse = rng.uniform(0, 255, size=(1, 24, 32, 3)).astype(np.float32)
+          image = tf.image.resize(coarse, (375, 500)) + rng.normal(0, 8, (375, 500, 3))
+          encoded = tf.io.encode_jpeg(tf.cast(tf.clip_by_value(image[0], 0, 255),
+                                              tf.uint8), quality=90).numpy()
+          feature = {
+              "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
+                  value=[encoded])),
+              "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(
+                  value=[int(rng.integers(1, 1001))])),
+          }
+          writer.write(tf.train.Example(features=tf.train.Features(
+              feature=feature)).SerializeToString())
+    train, _, _ = imagenet_input.imagenet_datasets(
+        batch_size, data_dir=directory, source="tfrecord", image_size=image_size,
+        shuffle_buffer=256)
+    return _images_per_s(train, batches, batch_size)
+
+
 def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
-               **overrides) -> dict:
+               devices: int = 1, **overrides) -> dict:
   """Times the training step of an evaluation network, and its input pipeline.
 
   The step is `TrainModel.train_step` (auxiliary head, drop path 0.2, clipping,
-  coupled decay, SGD) on one pre-generated batch. The pipeline figure is the
-  CIFAR-style training pipeline (crop, flip, normalisation, cutout) over random
-  uint8 images of the same shape, alone.
+  coupled decay, SGD) on one pre-generated batch. The pipeline figure is that
+  of the input pipeline alone: for the ImageNet setting the ImageNet training
+  pipeline over synthetic JPEG TFRecords (`_imagenet_pipeline_images_per_s`),
+  otherwise the CIFAR-style one (crop, flip, normalisation, cutout) over random
+  uint8 images of the same shape.
 
   Args:
     config: a key of `TRAIN_CONFIGS`.
     steps: timed steps after the first one.
     genotype: the cell.
+    devices: replicas; above 1, `MirroredStrategy` over that many logical CPU
+      devices (the global batch is unchanged).
     **overrides: changes to the configuration.
 
   Returns:
@@ -132,8 +184,11 @@ def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from milenas_tf import datasets  # pylint: disable=g-import-not-at-top
+  from milenas_tf import distribution  # pylint: disable=g-import-not-at-top
   from milenas_tf import training  # pylint: disable=g-import-not-at-top
 
+  if devices > 1:
+    distribution.split_cpu(devices)
   spec = {**TRAIN_CONFIGS[config], **overrides}
   shape = (spec["image_size"], spec["image_size"], spec["channels"])
   batch = spec["batch_size"]
@@ -144,14 +199,13 @@ def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, size=(4 * batch,) + shape, dtype=np.uint8)
   labels = rng.integers(0, spec["num_classes"], size=4 * batch)
-  pipeline = iter(datasets._train_pipeline(  # pylint: disable=protected-access
-      images, labels, batch, info, seed=0, augment=True, repeat=True,
-      cutout_length=16).prefetch(2))
-  next(pipeline)
-  t = time.perf_counter()
-  for _ in range(4 * steps):
-    next(pipeline)
-  pipeline_images_per_s = 4 * steps * batch / (time.perf_counter() - t)
+  if spec["setting"] == "imagenet":
+    pipeline_images_per_s = _imagenet_pipeline_images_per_s(batch, 4 * steps,
+                                                            spec["image_size"])
+  else:
+    pipeline_images_per_s = _images_per_s(datasets._train_pipeline(  # pylint: disable=protected-access
+        images, labels, batch, info, seed=0, augment=True, repeat=True,
+        cutout_length=16), 4 * steps, batch)
   x, y = datasets.normalize_images(images[:batch], info), tf.constant(labels[:batch])
 
   imported = time.perf_counter()
@@ -159,14 +213,20 @@ def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
   train_config.update(genotype=genotype, setting=spec["setting"],
                       init_channels=spec["init_channels"], num_cells=spec["num_cells"],
                       batch_size=batch)
-  model = training.build_train_model(train_config, info, steps_per_epoch=100)
+  if devices > 1:
+    train_config.distribution = ",".join(f"/cpu:{i}" for i in range(devices))
+  strategy = distribution.strategy_for_batch(train_config.distribution, batch)
+  with strategy.scope():
+    model = training.build_train_model(train_config, info, steps_per_epoch=100)
   model.network.drop_path_rate.assign(0.2)
   model.make_train_function()
-  data = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
+  data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat()
+  data = iter(strategy.experimental_distribute_dataset(data))
   t0 = time.perf_counter()
   first_done, step = _time_steps(lambda: float(model.train_function(data)["loss"]), steps)
   return {
-      "benchmark": "train_step", "config": config, "genotype": genotype, **spec,
+      "benchmark": "train_step", "config": config, "genotype": genotype,
+      "devices": devices, "replicas": strategy.num_replicas_in_sync, **spec,
       "build_s": round(t0 - imported, 2),
       "first_step_s": round(first_done - imported, 2),
       "first_call_s": round(first_done - t0, 2),
@@ -178,16 +238,27 @@ def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
   }
 
 
-def train_jobs(configs: Iterable[str], steps: int) -> list[dict]:
-  """The training-step jobs of `run`, validated before anything runs."""
+def train_jobs(configs: Iterable[str], steps: int, devices: Iterable[int] = (1,)
+               ) -> list[dict]:
+  """The training-step jobs of `run`, one per configuration and device count,
+  validated before anything runs."""
   configs = list(configs)
+  try:
+    devices = [int(d) for d in devices]
+  except ValueError:
+    raise UserInputError(f"devices must be integers, got {list(devices)}.") from None
   for name in configs:
     if name not in TRAIN_CONFIGS:
       raise UserInputError(f"Unknown training benchmark configuration {name!r}; choose "
                            f"one of {', '.join(TRAIN_CONFIGS)}.")
+    for count in devices:
+      if count < 1 or TRAIN_CONFIGS[name]["batch_size"] % count:
+        raise UserInputError(f"devices={count} must be positive and divide the batch "
+                             f"{TRAIN_CONFIGS[name]['batch_size']} of {name!r}.")
   if steps < 1:
     raise UserInputError(f"steps must be positive, got {steps}.")
-  return [dict(benchmark="train_step", config=c, steps=steps) for c in configs]
+  return [dict(benchmark="train_step", config=c, steps=steps, devices=d)
+          for c in configs for d in devices]
 
 
 def search_jobs(configs: Iterable[str], methods: Iterable[str], orders: Iterable[str],
@@ -224,14 +295,16 @@ RATIO_KEYS = ("first_step_s", "step_s", "peak_memory_mb")
 
 
 def with_ratios(results: Iterable[dict], baseline: str = "milenas") -> Iterator[dict]:
-  """Adds `<key>_vs_<baseline>` ratios to results of the baseline's configuration and order.
+  """Adds `<key>_vs_<baseline>` ratios to results of the baseline's configuration,
+  order and oneDNN setting.
 
   A result gets ratios once the baseline method's result of the same
-  configuration and order has gone by (jobs list it first when it is asked for).
+  configuration, order and oneDNN setting has gone by (jobs list it first when it
+  is asked for).
   """
   base = {}
   for result in results:
-    key = (result.get("config"), result.get("order"))
+    key = (result.get("config"), result.get("order"), result.get("onednn"))
     if result.get("method") == baseline and "error" not in result:
       base[key] = result
     if key in base and "error" not in result:
@@ -247,18 +320,39 @@ def _child_main() -> None:
   print(json.dumps(benchmark(**kwargs)), flush=True)
 
 
+# TF_ENABLE_ONEDNN_OPTS of a job's process; "default": as in this process.
+ONEDNN_SETTINGS = {"on": "1", "off": "0", "default": None}
+
+
+def with_onednn(jobs: Iterable[dict], settings: Iterable[str]) -> list[dict]:
+  """Each job once per oneDNN setting: "on", "off" (`TF_ENABLE_ONEDNN_OPTS` of the
+  child process) or "default" (the variable as in this process)."""
+  settings = list(settings)
+  for setting in settings:
+    if setting not in ONEDNN_SETTINGS:
+      raise UserInputError(f"Unknown oneDNN setting {setting!r}; use "
+                           f"{', '.join(ONEDNN_SETTINGS)}.")
+  return [{**job, "onednn": setting} for setting in settings for job in jobs]
+
+
 def run(jobs: Iterable[dict], timeout_s: float = 1800) -> Iterator[dict]:
   """Runs each job (kwargs of `search_step`, or of `train_step` with
-  `benchmark="train_step"`) in a fresh process.
+  `benchmark="train_step"`, and optionally `onednn` of `with_onednn`) in a fresh
+  process.
 
   Yields:
     The result dict of each job, or a dict with an "error" key.
   """
   for job in jobs:
+    kwargs = dict(job)
+    onednn = kwargs.pop("onednn", "default")
+    env = dict(os.environ)
+    if ONEDNN_SETTINGS[onednn] is not None:
+      env["TF_ENABLE_ONEDNN_OPTS"] = ONEDNN_SETTINGS[onednn]
     code = "from milenas_tf import benchmarks; benchmarks._child_main()"
     try:
-      proc = subprocess.run([sys.executable, "-c", code, json.dumps(job)],
-                            capture_output=True, text=True, timeout=timeout_s)
+      proc = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)],
+                            capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
       yield {**job, "error": f"timed out after {timeout_s} s"}
       continue
@@ -267,4 +361,4 @@ def run(jobs: Iterable[dict], timeout_s: float = 1800) -> Iterator[dict]:
       tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
       yield {**job, "error": f"exit {proc.returncode}: {tail[0]}"}
     else:
-      yield json.loads(lines[-1])
+      yield {**json.loads(lines[-1]), "onednn": onednn}

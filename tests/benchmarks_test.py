@@ -65,12 +65,14 @@ def test_ratios_are_to_milenas_of_the_same_configuration_and_order():
 
 
 def test_training_benchmark_reports_step_and_pipeline():
-  proc = run("--configs=", "--train_configs=tiny", "--steps=2")
+  proc = run("--configs=", "--train_configs=tiny", "--steps=2", "--devices=2",
+             "--onednn=off")
   assert proc.returncode == 0, proc.stderr[-2000:]
   lines = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
   assert len(lines) == 1
   result = lines[0]
   assert (result["benchmark"], result["config"]) == ("train_step", "tiny")
+  assert (result["devices"], result["replicas"], result["onednn"]) == (2, 2, "off")
   assert {"first_step_s", "step_s", "images_per_s", "peak_memory_mb",
           "pipeline_images_per_s"} <= set(result)
   assert result["first_step_s"] > result["step_s"] > 0
@@ -78,3 +80,18 @@ def test_training_benchmark_reports_step_and_pipeline():
       result["pipeline_images_per_s"] / result["images_per_s"], rel=0.02)
   with pytest.raises(UserInputError, match="Unknown training benchmark configuration"):
     benchmarks.train_jobs(["mnist"], 2)
+  with pytest.raises(UserInputError, match="devices=3 must be positive and divide"):
+    benchmarks.train_jobs(["tiny"], 2, devices=["3"])
+
+
+def test_jobs_repeat_per_onednn_setting():
+  jobs = benchmarks.with_onednn(benchmarks.train_jobs(["tiny"], 2, devices=[1, 2]),
+                                ["on", "off"])
+  assert [(j["onednn"], j["devices"]) for j in jobs] == [
+      ("on", 1), ("on", 2), ("off", 1), ("off", 2)]
+  with pytest.raises(UserInputError, match="Unknown oneDNN setting 'fast'"):
+    benchmarks.with_onednn(jobs, ["fast"])
+
+
+def test_imagenet_pipeline_figure_reads_jpeg_tfrecords():
+  assert benchmarks._imagenet_pipeline_images_per_s(8, 2, 64) > 0
