@@ -89,7 +89,7 @@ def last_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
   schedule = optimizer._learning_rate  # pylint: disable=protected-access
   if callable(schedule):
     return float(schedule(max(int(optimizer.iterations.numpy()) - 1, 0)))
-  return float(optimizer.learning_rate)
+  return float(tf.convert_to_tensor(optimizer.learning_rate))  # also a MirroredVariable
 
 
 class ArchitectureLogger(keras.callbacks.Callback):

@@ -21,9 +21,11 @@ import os
 import keras
 import ml_collections
 import numpy as np
+import tensorflow as tf
 
 from milenas_tf import callbacks
 from milenas_tf import datasets
+from milenas_tf import distribution
 from milenas_tf import genotypes
 from milenas_tf import optimization
 from milenas_tf import run_directory
@@ -69,6 +71,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.grad_clip = 5.0
   config.arch_learning_rate = 3e-4
   config.arch_weight_decay = 1e-3
+  # Distribution (milenas_tf/distribution.py; first-order methods); batch_size is global.
+  config.distribution = "auto"       # auto | default | mirrored | multi_worker | /gpu:0,/gpu:1
   return config
 
 
@@ -132,6 +136,20 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
       raise UserInputError(f"config.{key} must be positive, got {config[key]}.")
   if config.limit < 0:
     raise UserInputError(f"config.limit must be 0 (all) or positive, got {config.limit}.")
+  distribution.check_spec(config.distribution)
+
+
+def _search_strategy(config: ml_collections.ConfigDict) -> tf.distribute.Strategy:
+  """The run's strategy; second-order methods run on one device ("auto" gives them one)."""
+  second = config.method in update_rules.SECOND_ORDER_METHODS
+  spec = "default" if second and config.distribution == "auto" else config.distribution
+  strategy = distribution.strategy_for_batch(spec, config.batch_size)
+  if second and strategy.num_replicas_in_sync > 1:
+    raise UserInputError(
+        f"method {config.method!r} runs on one device (its virtual step assigns the "
+        f"weights), but config.distribution={config.distribution!r} gives "
+        f"{strategy.num_replicas_in_sync} replicas; set --config.distribution=default.")
+  return strategy
 
 
 def run_search(config: ml_collections.ConfigDict, output_dir: str, *,
@@ -154,6 +172,7 @@ def run_search(config: ml_collections.ConfigDict, output_dir: str, *,
       holding another run.
   """
   _check_config(config)
+  strategy = _search_strategy(config)
   resuming = run_directory.check_output_dir(output_dir, config.to_dict(), "search")
   keras.utils.set_random_seed(config.seed)
   train_ds, val_ds, info = datasets.search_datasets(
@@ -161,16 +180,17 @@ def run_search(config: ml_collections.ConfigDict, output_dir: str, *,
       data_dir=config.data_dir or None, source=config.data_source, seed=config.seed,
       limit=config.limit or None, augment=config.augment)
   steps_per_epoch = int(train_ds.cardinality())
-  model = build_search_model(
-      info.num_classes, info.image_shape, init_channels=config.init_channels,
-      num_cells=config.num_cells, method=config.method, order=config.order,
-      epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-      learning_rate=config.learning_rate, learning_rate_min=config.learning_rate_min,
-      momentum=config.momentum, weight_decay=config.weight_decay,
-      grad_clip=config.grad_clip, arch_learning_rate=config.arch_learning_rate,
-      arch_weight_decay=config.arch_weight_decay, lambda_train=config.lambda_train,
-      lambda_val=config.lambda_val, hessian=config.hessian,
-      virtual_step=config.virtual_step)
+  with strategy.scope():
+    model = build_search_model(
+        info.num_classes, info.image_shape, init_channels=config.init_channels,
+        num_cells=config.num_cells, method=config.method, order=config.order,
+        epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+        learning_rate=config.learning_rate, learning_rate_min=config.learning_rate_min,
+        momentum=config.momentum, weight_decay=config.weight_decay,
+        grad_clip=config.grad_clip, arch_learning_rate=config.arch_learning_rate,
+        arch_weight_decay=config.arch_weight_decay, lambda_train=config.lambda_train,
+        lambda_val=config.lambda_val, hessian=config.hessian,
+        virtual_step=config.virtual_step)
   checkpoint_dir = os.path.join(output_dir, "checkpoints")
   if not resuming:  # Written once data and model are known to work.
     os.makedirs(output_dir, exist_ok=True)

@@ -18,6 +18,13 @@ all splits when exact); see `update_rules` and `second_order`.
 Each pass is one traced function (loss and gradients with respect to a fixed set
 of variables) called as often as the step needs it: the network is traced once per
 pass kind, not once per call.
+
+Under a distribution strategy with several replicas (first-order methods), each
+replica computes its passes on its share of the batch; batch norm uses the
+statistics of the global batch and every gradient is that of the global-batch
+loss, so a step on N replicas is one device's step on the whole batch. The passes
+are then traced inline in the step: their all-reduces cannot sit in a nested
+`tf.function`.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from milenas_tf import distribution
 from milenas_tf import optimization
 from milenas_tf import second_order
 from milenas_tf import update_rules
@@ -187,15 +195,18 @@ class SearchModel(keras.Model):
   def gradient_pass(self, wrt: str, x, y):
     """Loss, logits and gradients with respect to "alpha", "weights" or "all".
 
-    One `tf.function` per `wrt`, traced once and called as often as needed.
+    One `tf.function` per `wrt`, traced once and called as often as needed; under
+    several replicas, traced inline, with the global-batch gradients.
     """
+    def loss_and_grads(x, y):
+      with tf.GradientTape() as tape:
+        logits = self.network(x, training=True)
+        loss = cross_entropy(y, logits)
+      return loss, logits, distribution.global_gradients(tape, loss, self._variables(wrt))
+
+    if distribution.replicas_in_sync() > 1:
+      return loss_and_grads(x, y)
     if wrt not in self._pass_functions:
-      def loss_and_grads(x, y):
-        variables = self._variables(wrt)
-        with tf.GradientTape() as tape:
-          logits = self.network(x, training=True)
-          loss = cross_entropy(y, logits)
-        return loss, logits, tape.gradient(loss, variables)
       self._pass_functions[wrt] = tf.function(loss_and_grads)
     return self._pass_functions[wrt](x, y)
 
@@ -226,14 +237,14 @@ class SearchModel(keras.Model):
     """Coupled decay, then the alpha optimiser."""
     alphas = self.network.arch_variables
     grads = optimization.add_l2(grads, alphas, self.arch_weight_decay)
-    self.arch_optimizer.apply_gradients(zip(grads, alphas))
+    self.arch_optimizer.apply_gradients(zip(distribution.for_optimizer(grads), alphas))
 
   def apply_weight_gradients(self, grads) -> None:
     """Global-norm clipping, then coupled decay, then the w optimiser (PyTorch's order)."""
     weights = self.network.weight_variables
     grads = optimization.clip_by_global_norm(grads, self.grad_clip)
     grads = optimization.add_l2(grads, weights, self.weight_decay)
-    self.optimizer.apply_gradients(zip(grads, weights))
+    self.optimizer.apply_gradients(zip(distribution.for_optimizer(grads), weights))
 
   def arch_gradients(self, passes: update_rules.GradientPasses):
     """The method's alpha gradient from the step's passes.

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -70,6 +71,66 @@ CHILD = textwrap.dedent("""
 """)
 
 
+# Search steps on one device and on two replicas, and a search run on two replicas, in a
+# fresh process.
+SEARCH_CHILD = textwrap.dedent("""
+    import json, os, sys
+    from milenas_tf import distribution
+    distribution.split_cpu(2)
+    import numpy as np, tensorflow as tf
+    from milenas_tf import search
+
+    def make(strategy):
+      with strategy.scope():
+        return search.build_search_model(10, (8, 8, 1), init_channels=2, num_cells=3,
+                                         order="fused", steps_per_epoch=2, grad_clip=0.05)
+
+    # Fused order: it runs both pass kinds (alpha; alpha and w) that replicas change.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 10, 16)
+    data = tf.data.Dataset.from_tensor_slices(((x[:8], y[:8]), (x[8:], y[8:]))).batch(4)
+    one = make(distribution.get_strategy("default"))
+    start = [v.numpy() for v in one.variables]
+    start_alphas = [v.numpy() for v in one.network.arch_variables]
+    one.fit(data, epochs=1, verbose=0)
+    two = make(distribution.get_strategy("/cpu:0,/cpu:1"))
+    for variable, value in zip(two.variables, start):
+      variable.assign(value)
+    two.fit(data, epochs=1, verbose=0)
+    net_one, net_two = one.network, two.network
+    result = {
+        "weights_diff": max(float(np.abs(a.numpy() - b.numpy()).max()) for a, b in
+                            zip(net_one.weight_variables, net_two.weight_variables)),
+        "alphas_diff": max(float(np.abs(a.numpy() - b.numpy()).max()) for a, b in
+                           zip(net_one.arch_variables, net_two.arch_variables)),
+        "moved": min(float(np.abs(v.numpy() - s).max())
+                     for v, s in zip(net_one.arch_variables, start_alphas)),
+    }
+
+    def config(spec, method="milenas"):
+      config = search.default_config()
+      config.update(dataset="fashion_mnist", limit=32, batch_size=8, epochs=1,
+                    init_channels=2, num_cells=3, order="fused", distribution=spec,
+                    method=method)
+      return config
+
+    run = search.run_search(config("/cpu:0,/cpu:1"), os.path.join(sys.argv[1], "two"),
+                            verbose=0)
+    result["run"] = {"epochs_done": run.epochs_done, "val_loss": run.history["val_loss"],
+                     "genotype": os.path.exists(os.path.join(run.output_dir,
+                                                             "genotype.json"))}
+    try:
+      search.run_search(config("/cpu:0,/cpu:1", "milenas_2nd"),
+                        os.path.join(sys.argv[1], "second"), verbose=0)
+      result["second_order"] = ""
+    except Exception as error:  # pylint: disable=broad-except
+      result["second_order"] = str(error)
+    result["second_order_dir"] = os.path.exists(os.path.join(sys.argv[1], "second"))
+    print(json.dumps(result))
+""")
+
+
 @pytest.fixture(scope="module")
 def two_replica_run(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("ckpt") / "two.weights.h5")
@@ -100,6 +161,33 @@ def test_a_batch_the_replicas_cannot_share_is_refused(two_replica_run):
 def test_training_run_under_two_replicas(two_replica_run):
   assert two_replica_run["run_steps"] == 1
   assert 0.0 <= two_replica_run["run_top1"] <= 1.0
+
+
+@pytest.fixture(scope="module")
+def two_replica_search(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("search"))
+  proc = subprocess.run([sys.executable, "-c", SEARCH_CHILD, out], capture_output=True,
+                        text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_search_steps_on_two_replicas_equal_one_device_steps(two_replica_search):
+  assert two_replica_search["moved"] > 1e-4  # two Adam steps of 3e-4 moved each alpha
+  assert two_replica_search["alphas_diff"] < 1e-5
+  assert two_replica_search["weights_diff"] < 1e-5
+
+
+def test_search_run_on_two_replicas(two_replica_search):
+  run = two_replica_search["run"]
+  assert run["epochs_done"] == 1 and run["genotype"]
+  assert 0.0 < run["val_loss"][0] < 10.0
+
+
+def test_second_order_search_on_two_replicas_is_refused(two_replica_search):
+  assert ("'milenas_2nd' runs on one device" in two_replica_search["second_order"]
+          and "--config.distribution=default" in two_replica_search["second_order"])
+  assert not two_replica_search["second_order_dir"]
 
 
 def test_strategy_names():
