@@ -4,7 +4,7 @@ TensorFlow's oneDNN kernels on.
 The scripts import this module before anything that imports TensorFlow: oneDNN
 (`TF_ENABLE_ONEDNN_OPTS`) is read when TensorFlow is imported. TensorFlow enables it
 by default only on CPUs with AVX-512 VNNI or AMX; on a 2-core AVX2 CPU it makes the
-search step 0.77x and the training step about 0.8x as long (docs/benchmarks.md). An
+search step about 0.75x and the training step about 0.6x as long (docs/benchmarks.md). An
 explicit `TF_ENABLE_ONEDNN_OPTS=0` in the environment is respected.
 """
 
