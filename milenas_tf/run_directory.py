@@ -14,7 +14,8 @@ RESUME_FREE_KEYS = ("data_dir", "data_source", "distribution")
 
 
 def check_output_dir(output_dir: str, config: dict, kind: str,
-                     resume_free_keys: Sequence[str] = RESUME_FREE_KEYS) -> bool:
+                     resume_free_keys: Sequence[str] = RESUME_FREE_KEYS,
+                     defaults: dict | None = None) -> bool:
   """Checks an output directory, writing nothing; returns whether it holds this run.
 
   Args:
@@ -22,6 +23,8 @@ def check_output_dir(output_dir: str, config: dict, kind: str,
     config: the run's configuration as a dict.
     kind: what the run is ("search", "training"), for messages.
     resume_free_keys: keys that may differ between a run and its resumption.
+    defaults: the configuration's defaults: a key the saved configuration lacks
+      (written before the key existed) counts as its default there.
 
   Returns:
     True if the directory holds a run of the same configuration (to resume);
@@ -39,6 +42,7 @@ def check_output_dir(output_dir: str, config: dict, kind: str,
     except (OSError, ValueError) as e:
       raise UserInputError(
           f"{path} is unreadable ({e}); choose another --output_dir.") from None
+    saved = {**{k: v for k, v in (defaults or {}).items() if k not in saved}, **saved}
     diffs = [f"{k}: {saved.get(k)!r} in the run, {config.get(k)!r} now"
              for k in sorted(set(saved) | set(config))
              if k not in resume_free_keys and saved.get(k) != config.get(k)]

@@ -173,7 +173,8 @@ def run_search(config: ml_collections.ConfigDict, output_dir: str, *,
   """
   _check_config(config)
   strategy = _search_strategy(config)
-  resuming = run_directory.check_output_dir(output_dir, config.to_dict(), "search")
+  resuming = run_directory.check_output_dir(output_dir, config.to_dict(), "search",
+                                            defaults=default_config().to_dict())
   keras.utils.set_random_seed(config.seed)
   train_ds, val_ds, info = datasets.search_datasets(
       config.dataset, config.batch_size, config.train_portion,

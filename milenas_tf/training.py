@@ -397,7 +397,8 @@ def run_training(config: ml_collections.ConfigDict, output_dir: str, *,
   """
   check_config(config)
   strategy = distribution.strategy_for_batch(config.distribution, config.batch_size)
-  resuming = run_directory.check_output_dir(output_dir, config.to_dict(), "training")
+  resuming = run_directory.check_output_dir(output_dir, config.to_dict(), "training",
+                                            defaults=default_config().to_dict())
   keras.utils.set_random_seed(config.seed)
   train_ds, test_ds, info, steps_per_epoch = load_datasets(config)
   with strategy.scope():
