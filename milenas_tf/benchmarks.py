@@ -203,9 +203,9 @@ def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
     pipeline_images_per_s = _imagenet_pipeline_images_per_s(batch, 4 * steps,
                                                             spec["image_size"])
   else:
-    pipeline_images_per_s = _images_per_s(datasets._train_pipeline(  # pylint: disable=protected-access
-        images, labels, batch, info, seed=0, augment=True, repeat=True,
-        cutout_length=16), 4 * steps, batch)
+    pipeline = datasets._train_pipeline(  # pylint: disable=protected-access
+        images, labels, batch, info, seed=0, augment=True, repeat=True, cutout_length=16)
+    pipeline_images_per_s = _images_per_s(pipeline, 4 * steps, batch)
   x, y = datasets.normalize_images(images[:batch], info), tf.constant(labels[:batch])
 
   imported = time.perf_counter()

@@ -136,7 +136,6 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
       raise UserInputError(f"config.{key} must be positive, got {config[key]}.")
   if config.limit < 0:
     raise UserInputError(f"config.limit must be 0 (all) or positive, got {config.limit}.")
-  distribution.check_spec(config.distribution)
 
 
 def _search_strategy(config: ml_collections.ConfigDict) -> tf.distribute.Strategy:
