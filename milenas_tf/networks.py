@@ -51,7 +51,8 @@ def drop_path(x: tf.Tensor, rate: tf.Tensor, seed: Any) -> tf.Tensor:
   """
   keep = 1.0 - tf.cast(rate, x.dtype)
   noise = keras.random.uniform((tf.shape(x)[0], 1, 1, 1), seed=seed, dtype=x.dtype)
-  return x / keep * tf.floor(keep + noise)
+  # One pass over x: the per-sample factor is formed at (batch, 1, 1, 1).
+  return x * (tf.floor(keep + noise) / keep)
 
 
 class ConvBN(keras.layers.Layer):
@@ -148,14 +149,14 @@ class EvalCell(keras.layers.Layer):
               self.preprocess1(s1, training=training)]
     per_node = genotypes.EDGES_PER_NODE
     for node in range(len(self.pairs) // per_node):
-      total = 0
+      terms = []
       for k in range(node * per_node, (node + 1) * per_node):
         layer, (_, j) = self.edge_ops[k], self.pairs[k]
         h = _apply(layer, states[j], training)
         if training and self.droppable[k]:
           h = drop_path(h, drop_rate, self.seed)
-        total = total + h
-      states.append(total)
+        terms.append(h)
+      states.append(tf.add_n(terms))
     return tf.concat([states[i] for i in self.concat], axis=-1)
 
   def get_config(self):
