@@ -4,13 +4,15 @@
   python bin/benchmark.py --configs=small --orders=fused --steps=3
   python bin/benchmark.py --configs= --train_configs=cifar10,imagenet --devices=1,2
   python bin/benchmark.py --configs=paper --orders=reference --onednn=on,off
+  python bin/benchmark.py --configs= --train_configs=cifar10 --remapping=off,on
   python bin/benchmark.py --configs=paper --orders=reference \
       --methods=milenas,darts_2nd,milenas_2nd --hessians=finite_difference,exact
 
-Results of the same configuration, order and oneDNN setting carry their ratio to
-`milenas` (`step_s_vs_milenas`, ...) when `milenas` is among the methods. Every job
-runs with oneDNN on (`TF_ENABLE_ONEDNN_OPTS=1`, as the scripts do) unless `--onednn`
-says otherwise.
+Results of the same configuration, order, oneDNN and remapping settings carry their
+ratio to `milenas` (`step_s_vs_milenas`, ...) when `milenas` is among the methods. Every
+job runs with oneDNN on (`TF_ENABLE_ONEDNN_OPTS=1`, as the scripts do) and Grappler's
+remapper as the configs' "auto" leaves it unless `--onednn` or `--remapping` says
+otherwise.
 """
 
 import json
@@ -38,6 +40,9 @@ _DEVICES = flags.DEFINE_list(
     "MirroredStrategy above 1).")
 _ONEDNN = flags.DEFINE_list(
     "onednn", ["on"], "oneDNN settings, one job each: on, off, default (as in this shell).")
+_REMAPPING = flags.DEFINE_list(
+    "remapping", ["auto"], "Grappler remapper settings, one job each: auto (off on "
+    "CPUs, as the configs), on, off.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after the first one.")
 
 
@@ -46,7 +51,8 @@ def main(argv):
   jobs = benchmarks.search_jobs(_CONFIGS.value, _METHODS.value, _ORDERS.value,
                                 _STEPS.value, _HESSIANS.value)
   jobs += benchmarks.train_jobs(_TRAIN_CONFIGS.value, _STEPS.value, _DEVICES.value)
-  jobs = benchmarks.with_onednn(jobs, _ONEDNN.value)
+  jobs = benchmarks.with_settings(jobs, "remapping", _REMAPPING.value)
+  jobs = benchmarks.with_settings(jobs, "onednn", _ONEDNN.value)
   for result in benchmarks.with_ratios(benchmarks.run(jobs)):
     print(json.dumps(result), flush=True)
 

@@ -18,6 +18,7 @@ import tempfile
 import time
 from typing import Iterable, Iterator
 
+from milenas_tf import graph_options
 from milenas_tf import second_order
 from milenas_tf import update_rules
 from milenas_tf.errors import UserInputError
@@ -47,7 +48,7 @@ def _peak_memory_mb() -> float:
 
 def search_step(config: str, method: str = "milenas", order: str = "reference",
                 steps: int = 5, grappler: bool = True, inter_op_threads: int = 0,
-                hessian: str | None = None, **overrides) -> dict:
+                hessian: str | None = None, remapping: str = "auto", **overrides) -> dict:
   """Times the search step of one configuration in this process.
 
   Args:
@@ -58,6 +59,7 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
     steps: timed steps after the first one.
     grappler: run TensorFlow's graph optimiser.
     inter_op_threads: TensorFlow inter-op threads (0: its default).
+    remapping: Grappler's op fusion, as the search config's `remapping`.
     **overrides: changes to the configuration.
 
   Returns:
@@ -65,10 +67,12 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from milenas_tf import datasets  # pylint: disable=g-import-not-at-top
+  from milenas_tf import graph_options  # pylint: disable=g-import-not-at-top
   from milenas_tf import search  # pylint: disable=g-import-not-at-top
 
   tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": not grappler})
   tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
+  remapping_on = graph_options.apply_remapping(remapping)  # after: it lists devices
   spec = {**SEARCH_CONFIGS[config], **overrides}
   shape = (spec["image_size"], spec["image_size"], spec["channels"])
   tf.keras.utils.set_random_seed(0)
@@ -92,6 +96,7 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
       "benchmark": "search_step", "config": config, "method": method, "order": order,
       "hessian": hessian,
       **spec, "grappler": grappler, "inter_op_threads": inter_op_threads,
+      "remapping": remapping, "remapping_on": remapping_on,
       "build_s": round(t0 - imported, 2),
       "first_step_s": round(first_done - imported, 2),
       "first_call_s": round(first_done - t0, 2),
@@ -160,7 +165,7 @@ def _imagenet_pipeline_images_per_s(batch_size: int, batches: int,
 
 
 def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
-               devices: int = 1, **overrides) -> dict:
+               devices: int = 1, remapping: str = "auto", **overrides) -> dict:
   """Times the training step of an evaluation network, and its input pipeline.
 
   The step is `TrainModel.train_step` (auxiliary head, drop path 0.2, clipping,
@@ -176,6 +181,7 @@ def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
     genotype: the cell.
     devices: replicas; above 1, `MirroredStrategy` over that many logical CPU
       devices (the global batch is unchanged).
+    remapping: Grappler's op fusion, as the training config's `remapping`.
     **overrides: changes to the configuration.
 
   Returns:
@@ -185,10 +191,12 @@ def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from milenas_tf import datasets  # pylint: disable=g-import-not-at-top
   from milenas_tf import distribution  # pylint: disable=g-import-not-at-top
+  from milenas_tf import graph_options  # pylint: disable=g-import-not-at-top
   from milenas_tf import training  # pylint: disable=g-import-not-at-top
 
   if devices > 1:
     distribution.split_cpu(devices)
+  remapping_on = graph_options.apply_remapping(remapping)  # after: it lists devices
   spec = {**TRAIN_CONFIGS[config], **overrides}
   shape = (spec["image_size"], spec["image_size"], spec["channels"])
   batch = spec["batch_size"]
@@ -227,6 +235,7 @@ def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
   return {
       "benchmark": "train_step", "config": config, "genotype": genotype,
       "devices": devices, "replicas": strategy.num_replicas_in_sync, **spec,
+      "remapping": remapping, "remapping_on": remapping_on,
       "build_s": round(t0 - imported, 2),
       "first_step_s": round(first_done - imported, 2),
       "first_call_s": round(first_done - t0, 2),
@@ -299,12 +308,13 @@ def with_ratios(results: Iterable[dict], baseline: str = "milenas") -> Iterator[
   order and oneDNN setting.
 
   A result gets ratios once the baseline method's result of the same
-  configuration, order and oneDNN setting has gone by (jobs list it first when it
-  is asked for).
+  configuration, order, oneDNN and remapping settings has gone by (jobs list it
+  first when it is asked for).
   """
   base = {}
   for result in results:
-    key = (result.get("config"), result.get("order"), result.get("onednn"))
+    key = (result.get("config"), result.get("order"), result.get("onednn"),
+           result.get("remapping"))
     if result.get("method") == baseline and "error" not in result:
       base[key] = result
     if key in base and "error" not in result:
@@ -324,20 +334,31 @@ def _child_main() -> None:
 ONEDNN_SETTINGS = {"on": "1", "off": "0", "default": None}
 
 
-def with_onednn(jobs: Iterable[dict], settings: Iterable[str]) -> list[dict]:
-  """Each job once per oneDNN setting: "on", "off" (`TF_ENABLE_ONEDNN_OPTS` of the
-  child process) or "default" (the variable as in this process)."""
+def with_settings(jobs: Iterable[dict], key: str, settings: Iterable[str]) -> list[dict]:
+  """Each job once per setting of `key`, validated before anything runs.
+
+  Keys: "onednn", one of "on", "off" (`TF_ENABLE_ONEDNN_OPTS` of the child
+  process) or "default" (the variable as in this process); "remapping", one of
+  `graph_options.REMAPPING`.
+
+  Raises:
+    UserInputError: for an unknown key or setting.
+  """
+  allowed = {"onednn": tuple(ONEDNN_SETTINGS), "remapping": graph_options.REMAPPING}
+  if key not in allowed:
+    raise UserInputError(f"Unknown benchmark setting {key!r}; use one of "
+                         f"{', '.join(allowed)}.")
   settings = list(settings)
   for setting in settings:
-    if setting not in ONEDNN_SETTINGS:
-      raise UserInputError(f"Unknown oneDNN setting {setting!r}; use "
-                           f"{', '.join(ONEDNN_SETTINGS)}.")
-  return [{**job, "onednn": setting} for setting in settings for job in jobs]
+    if setting not in allowed[key]:
+      raise UserInputError(f"Unknown {key} setting {setting!r}; use "
+                           f"{', '.join(allowed[key])}.")
+  return [{**job, key: setting} for setting in settings for job in jobs]
 
 
 def run(jobs: Iterable[dict], timeout_s: float = 1800) -> Iterator[dict]:
   """Runs each job (kwargs of `search_step`, or of `train_step` with
-  `benchmark="train_step"`, and optionally `onednn` of `with_onednn`) in a fresh
+  `benchmark="train_step"`, and optionally `onednn` of `with_settings`) in a fresh
   process.
 
   Yields:

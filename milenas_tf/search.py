@@ -27,6 +27,7 @@ from milenas_tf import callbacks
 from milenas_tf import datasets
 from milenas_tf import distribution
 from milenas_tf import genotypes
+from milenas_tf import graph_options
 from milenas_tf import optimization
 from milenas_tf import run_directory
 from milenas_tf import second_order
@@ -73,6 +74,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.arch_weight_decay = 1e-3
   # Distribution (milenas_tf/distribution.py; first-order methods); batch_size is global.
   config.distribution = "auto"       # auto | default | mirrored | multi_worker | /gpu:0,/gpu:1
+  config.remapping = "auto"          # Grappler op fusion: auto (off on CPUs) | on | off
   return config
 
 
@@ -131,6 +133,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
   update_rules.check_choice("hessian", config.hessian, second_order.HESSIANS)
   update_rules.check_choice("virtual step", config.virtual_step, second_order.VIRTUAL_STEPS)
   datasets.dataset_info(config.dataset)
+  graph_options.resolve(config.remapping)
   for key in ("epochs", "batch_size", "init_channels", "num_cells"):
     if int(config[key]) < 1:
       raise UserInputError(f"config.{key} must be positive, got {config[key]}.")
@@ -171,6 +174,7 @@ def run_search(config: ml_collections.ConfigDict, output_dir: str, *,
       holding another run.
   """
   _check_config(config)
+  graph_options.apply_remapping(config.remapping)
   strategy = _search_strategy(config)
   resuming = run_directory.check_output_dir(output_dir, config.to_dict(), "search",
                                             defaults=default_config().to_dict())

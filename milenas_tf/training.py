@@ -25,6 +25,7 @@ import tensorflow as tf
 from milenas_tf import callbacks
 from milenas_tf import datasets
 from milenas_tf import distribution
+from milenas_tf import graph_options
 from milenas_tf import imagenet_input
 from milenas_tf import model_size
 from milenas_tf import networks
@@ -77,6 +78,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.scale_learning_rate = False  # learning_rate * batch_size / base_batch_size
   config.base_batch_size = 96         # the batch the learning rate is given for
   config.precision = "auto"           # auto (mixed_float16 on GPUs) | float32 | mixed_float16
+  config.remapping = "auto"           # Grappler op fusion: auto (off on CPUs) | on | off
   return config
 
 
@@ -333,6 +335,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                          f"{config.drop_path_rate}.")
   distribution.check_spec(config.distribution)
   precision.resolve(config.precision)
+  graph_options.resolve(config.remapping)
   if not 0.0 <= config.label_smoothing < 1.0:
     raise UserInputError(f"config.label_smoothing must be in [0, 1), got "
                          f"{config.label_smoothing}.")
@@ -396,6 +399,7 @@ def run_training(config: ml_collections.ConfigDict, output_dir: str, *,
       holding another run.
   """
   check_config(config)
+  graph_options.apply_remapping(config.remapping)
   strategy = distribution.strategy_for_batch(config.distribution, config.batch_size)
   resuming = run_directory.check_output_dir(output_dir, config.to_dict(), "training",
                                             defaults=default_config().to_dict())

@@ -66,13 +66,14 @@ def test_ratios_are_to_milenas_of_the_same_configuration_and_order():
 
 def test_training_benchmark_reports_step_and_pipeline():
   proc = run("--configs=", "--train_configs=tiny", "--steps=2", "--devices=2",
-             "--onednn=off")
+             "--onednn=off", "--remapping=on")
   assert proc.returncode == 0, proc.stderr[-2000:]
   lines = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
   assert len(lines) == 1
   result = lines[0]
   assert (result["benchmark"], result["config"]) == ("train_step", "tiny")
   assert (result["devices"], result["replicas"], result["onednn"]) == (2, 2, "off")
+  assert (result["remapping"], result["remapping_on"]) == ("on", True)
   assert {"first_step_s", "step_s", "images_per_s", "peak_memory_mb",
           "pipeline_images_per_s"} <= set(result)
   assert result["first_step_s"] > result["step_s"] > 0
@@ -84,13 +85,19 @@ def test_training_benchmark_reports_step_and_pipeline():
     benchmarks.train_jobs(["tiny"], 2, devices=["3"])
 
 
-def test_jobs_repeat_per_onednn_setting():
-  jobs = benchmarks.with_onednn(benchmarks.train_jobs(["tiny"], 2, devices=[1, 2]),
-                                ["on", "off"])
+def test_jobs_repeat_per_setting():
+  jobs = benchmarks.with_settings(benchmarks.train_jobs(["tiny"], 2, devices=[1, 2]),
+                                  "onednn", ["on", "off"])
   assert [(j["onednn"], j["devices"]) for j in jobs] == [
       ("on", 1), ("on", 2), ("off", 1), ("off", 2)]
-  with pytest.raises(UserInputError, match="Unknown oneDNN setting 'fast'"):
-    benchmarks.with_onednn(jobs, ["fast"])
+  jobs = benchmarks.with_settings(jobs[:1], "remapping", ["off", "on"])
+  assert [(j["remapping"], j["onednn"]) for j in jobs] == [("off", "on"), ("on", "on")]
+  with pytest.raises(UserInputError, match="Unknown onednn setting 'fast'"):
+    benchmarks.with_settings(jobs, "onednn", ["fast"])
+  with pytest.raises(UserInputError, match="Unknown remapping setting 'yes'"):
+    benchmarks.with_settings(jobs, "remapping", ["yes"])
+  with pytest.raises(UserInputError, match="Unknown benchmark setting 'xla'"):
+    benchmarks.with_settings(jobs, "xla", ["on"])
 
 
 def test_imagenet_pipeline_figure_reads_jpeg_tfrecords():

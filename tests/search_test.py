@@ -114,6 +114,7 @@ def test_non_empty_foreign_directory_is_refused(tmp_path):
     (["--config.method=darts_2nd", "--config.hessian=newton"],
      "error: Unknown hessian 'newton'; choose one of finite_difference, exact"),
     (["--config.dataset=mnist"], "error: Unknown dataset name 'mnist'"),
+    (["--config.remapping=yes"], "error: Unknown remapping setting 'yes'"),
     (["--config.data_source=idx", "--config.data_dir=/nonexistent"],
      "dataset-fashion-mnist"),
 ])

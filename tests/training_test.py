@@ -173,6 +173,7 @@ def test_another_configuration_is_refused(interrupted_then_resumed):
     ({"mult_add_budget": 1000}, "over the budget"),
     ({"base_batch_size": 0}, "base_batch_size must be positive"),
     ({"precision": "float16"}, "Unknown precision"),
+    ({"remapping": "yes"}, "Unknown remapping setting 'yes'; use one of auto, on, off"),
     ({"dataset": "svhn"}, "Unknown dataset name 'svhn'"),
 ])
 def test_bad_configuration_is_a_one_line_error(tmp_path, overrides, message):
