@@ -6,9 +6,9 @@ function first runs; among them a training-mode batch norm followed by a ReLU
 slower than the two ops it replaces at some channel counts (13.5 ms against 4.1 ms
 forward at 96x32x32x36; 32 channels are fine), and the fused graph keeps more memory.
 On the CIFAR-10 evaluation network (20 cells, C=36, batch 96) turning the remapper
-off shortens the training step by about 7% and lowers peak memory by about 600 MiB;
-the ImageNet network and the search network step as fast either way, with 100-200 MiB
-less memory (docs/benchmarks.md).
+off shortens the training step by 7-13% and lowers peak memory by about 570 MiB; the
+ImageNet network and the search network step as fast either way within this 2-core
+machine's noise (about 3%), with 140-210 MiB less memory (docs/benchmarks.md).
 
 `config.remapping` names the setting:
 
