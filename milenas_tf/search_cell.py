@@ -159,10 +159,14 @@ class MixedOps(keras.layers.Layer):
     pools = tf.concat([ops.max_pool(x, s), ops.avg_pool(x, s)], axis=-1)
     pools = ops.batch_norm(pools, *self.pool_bn, training)
     weights = tf.cast(weights, x.dtype)
-    terms.append(pools[..., None, :c] * weights[:, _COL["max_pool_3x3"], None])
-    terms.append(pools[..., None, c:] * weights[:, _COL["avg_pool_3x3"], None])
+    # split and expand_dims rather than slicing: their gradients are one concat and a
+    # reshape, where each slice's gradient would be a zero-filled full-size tensor.
+    max_pool, avg_pool = tf.split(pools, 2, axis=-1)
+    shared = [(max_pool, "max_pool_3x3"), (avg_pool, "avg_pool_3x3")]
     if s == 1:
-      terms.append(x[..., None, :] * weights[:, _COL["skip_connect"], None])
+      shared.append((x, "skip_connect"))
+    for y, name in shared:
+      terms.append(tf.expand_dims(y, -2) * weights[:, _COL[name], None])
     out = tf.add_n(terms)
     return tf.unstack(out, axis=-2)
 
