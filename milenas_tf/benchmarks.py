@@ -67,7 +67,6 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from milenas_tf import datasets  # pylint: disable=g-import-not-at-top
-  from milenas_tf import graph_options  # pylint: disable=g-import-not-at-top
   from milenas_tf import search  # pylint: disable=g-import-not-at-top
 
   tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": not grappler})
@@ -191,7 +190,6 @@ def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from milenas_tf import datasets  # pylint: disable=g-import-not-at-top
   from milenas_tf import distribution  # pylint: disable=g-import-not-at-top
-  from milenas_tf import graph_options  # pylint: disable=g-import-not-at-top
   from milenas_tf import training  # pylint: disable=g-import-not-at-top
 
   if devices > 1:
@@ -305,7 +303,7 @@ RATIO_KEYS = ("first_step_s", "step_s", "peak_memory_mb")
 
 def with_ratios(results: Iterable[dict], baseline: str = "milenas") -> Iterator[dict]:
   """Adds `<key>_vs_<baseline>` ratios to results of the baseline's configuration,
-  order and oneDNN setting.
+  order, oneDNN and remapping settings.
 
   A result gets ratios once the baseline method's result of the same
   configuration, order, oneDNN and remapping settings has gone by (jobs list it
@@ -358,8 +356,8 @@ def with_settings(jobs: Iterable[dict], key: str, settings: Iterable[str]) -> li
 
 def run(jobs: Iterable[dict], timeout_s: float = 1800) -> Iterator[dict]:
   """Runs each job (kwargs of `search_step`, or of `train_step` with
-  `benchmark="train_step"`, and optionally `onednn` of `with_settings`) in a fresh
-  process.
+  `benchmark="train_step"`, and optionally `onednn` and `remapping` of
+  `with_settings`) in a fresh process.
 
   Yields:
     The result dict of each job, or a dict with an "error" key.

@@ -8,6 +8,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from milenas_tf import genotypes
 from milenas_tf import search
@@ -90,6 +91,9 @@ def test_search_learns_and_moves_alpha(interrupted_then_resumed):
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   events = [f for _, _, files in os.walk(os.path.join(out, "logs")) for f in files]
   assert any(f.startswith("events.out.tfevents") for f in events)
+  # config.remapping "auto": Grappler's remapper off unless a GPU is visible.
+  assert (tf.config.optimizer.get_experimental_options()["remapping"]
+          is bool(tf.config.list_logical_devices("GPU")))
 
 
 def test_output_dir_of_another_run_is_refused_and_kept(interrupted_then_resumed):

@@ -141,6 +141,9 @@ def test_training_learns_and_resumes(interrupted_then_resumed):
   assert [r["drop_path_rate"] for r in records] == pytest.approx([0.0, 0.1])
   assert records[0]["learning_rate"] == pytest.approx(0.05)
   assert EpochCheckpoint.finished_epochs(os.path.join(out, "checkpoints")) == 2
+  # config.remapping "auto": Grappler's remapper off unless a GPU is visible.
+  assert (tf.config.optimizer.get_experimental_options()["remapping"]
+          is bool(tf.config.list_logical_devices("GPU")))
   best = max(records, key=lambda r: r["val_top1"])
   assert result.best["epoch"] == best["epoch"]
   assert result.best["value"] == pytest.approx(best["val_top1"])
