@@ -239,14 +239,13 @@ def preprocess_train(image_bytes: tf.Tensor, seed: tf.Tensor,
   return tf.ensure_shape(_normalize(image), [image_size, image_size, 3])
 
 
-def preprocess_eval(image_bytes: tf.Tensor, image_size: int = 224,
-                    resize_size: int = 256) -> tf.Tensor:
+def decode_eval(image_bytes: tf.Tensor, image_size: int = 224,
+                resize_size: int = 256) -> tf.Tensor:
   """Decodes one evaluation image: torchvision `Resize` + `CenterCrop`.
 
   The shorter side is resized bilinearly to `resize_size` (the longer one to
-  `floor(resize_size * long / short)`), the central `image_size` square is cut
-  out (offsets rounded as torchvision does) and the result normalised with
-  `IMAGENET_MEAN` / `IMAGENET_STD`. Deterministic.
+  `floor(resize_size * long / short)`) and the central `image_size` square is cut
+  out (offsets rounded as torchvision does). Deterministic.
 
   Args:
     image_bytes: Scalar string tensor, an encoded JPEG or PNG.
@@ -255,7 +254,10 @@ def preprocess_eval(image_bytes: tf.Tensor, image_size: int = 224,
       `image_size`.
 
   Returns:
-    float32 `(image_size, image_size, 3)` tensor.
+    float32 `(image_size, image_size, 3)` pixels in [0, 255].
+
+  Raises:
+    UserInputError: if `resize_size` is below `image_size`.
   """
   if resize_size < image_size:
     raise UserInputError(
@@ -273,8 +275,15 @@ def preprocess_eval(image_bytes: tf.Tensor, image_size: int = 224,
   offset = tf.cast(
       tf.round(tf.cast(new_size - image_size, tf.float64) / 2.0), tf.int32)
   image = image[offset[0]:offset[0] + image_size,
-                offset[1]:offset[1] + image_size] / 255.0
-  return tf.ensure_shape(_normalize(image), [image_size, image_size, 3])
+                offset[1]:offset[1] + image_size]
+  return tf.ensure_shape(image, [image_size, image_size, 3])
+
+
+def preprocess_eval(image_bytes: tf.Tensor, image_size: int = 224,
+                    resize_size: int = 256) -> tf.Tensor:
+  """`decode_eval`, scaled to [0, 1] and normalised with `IMAGENET_MEAN` /
+  `IMAGENET_STD`: float32 `(image_size, image_size, 3)`."""
+  return _normalize(decode_eval(image_bytes, image_size, resize_size) / 255.0)
 
 
 # ----------------------------------------------------------------------------

@@ -5,6 +5,8 @@
 supplementary Section A) and fills `output_dir` with:
 
 - `config.json`: the configuration of the run (a rerun must match it);
+- `dataset.json`: what the network was trained on (image shape, normalisation
+  statistics, class names), read by the export;
 - `epochs.jsonl`: one line per epoch: seconds, losses, top-1/top-5, test metrics,
   learning rate and drop-path rate;
 - `checkpoints/`: the state of the last finished epoch (weights, optimiser,
@@ -35,6 +37,7 @@ from milenas_tf import run_directory
 from milenas_tf.errors import UserInputError
 
 EPOCH_LOG = "epochs.jsonl"
+DATASET_FILE = "dataset.json"
 SCHEDULES = ("cosine", "exponential")
 DATASETS = datasets.DATASETS + ("imagenet",)
 # ILSVRC-2012 training images: the epoch length of TFRecord shards, which cannot be counted
@@ -341,7 +344,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                          f"{config.label_smoothing}.")
 
 
-def _imagenet_options(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def run_imagenet_options(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config.imagenet` over the defaults of `imagenet_options()`."""
   options = imagenet_options()
   options.update(config.get("imagenet") or {})
@@ -365,7 +368,7 @@ def load_datasets(config: ml_collections.ConfigDict
         config.dataset, config.batch_size, augment=config.augment,
         cutout_length=config.cutout_length, **common)
     return train_ds, test_ds, info, int(train_ds.cardinality())
-  options = _imagenet_options(config)
+  options = run_imagenet_options(config)
   train_ds, test_ds, info = imagenet_input.imagenet_datasets(
       config.batch_size, image_size=options.image_size, resize_size=options.resize_size,
       label_offset=options.label_offset, shuffle_buffer=options.shuffle_buffer,
@@ -412,6 +415,8 @@ def run_training(config: ml_collections.ConfigDict, output_dir: str, *,
     os.makedirs(output_dir, exist_ok=True)
     callbacks.write_json_atomic(os.path.join(output_dir, run_directory.CONFIG_FILE),
                                 config.to_dict())
+  callbacks.write_json_atomic(os.path.join(output_dir, DATASET_FILE),
+                              dataclasses.asdict(info))
   done = callbacks.EpochCheckpoint.restore(model, checkpoint_dir) if resuming else 0
   if done:
     print(f"Resuming the training in {output_dir} after epoch {done} of {config.epochs}.")
@@ -431,6 +436,108 @@ def run_training(config: ml_collections.ConfigDict, output_dir: str, *,
   return TrainResult(history, test, best.best, output_dir, done)
 
 
+@dataclasses.dataclass
+class TrainedModel:
+  """A training run's network with saved weights loaded.
+
+  Attributes:
+    model: the `TrainModel` (its `network` is the evaluation network).
+    config: the run's configuration.
+    info: the `DatasetInfo` it was trained on (image shape, statistics, class names).
+    epoch: the epoch the weights are from.
+  """
+  model: TrainModel
+  config: ml_collections.ConfigDict
+  info: datasets.DatasetInfo
+  epoch: int
+
+
+def _run_config(output_dir: str) -> ml_collections.ConfigDict:
+  config_path = os.path.join(output_dir, run_directory.CONFIG_FILE)
+  saved = callbacks.read_json(config_path)
+  if saved is None:
+    raise UserInputError(f"{output_dir} holds no training run ({config_path} is "
+                         "missing); pass the --output_dir of bin/train.py.")
+  config = default_config()  # keys a run written by an earlier version lacks keep defaults
+  config.update(saved)
+  return config
+
+
+def config_dataset_info(config: ml_collections.ConfigDict) -> datasets.DatasetInfo:
+  """The `DatasetInfo` of a config's dataset (ImageNet's class names come from its data).
+
+  Raises:
+    UserInputError: for an unknown dataset, or missing ImageNet data.
+  """
+  if config.dataset != "imagenet":
+    return datasets.dataset_info(config.dataset)
+  return load_datasets(config)[2]
+
+
+def _run_dataset_info(output_dir: str, config: ml_collections.ConfigDict
+                      ) -> datasets.DatasetInfo:
+  """The run's `DatasetInfo`: from `dataset.json`, else from the dataset itself."""
+  saved = callbacks.read_json(os.path.join(output_dir, DATASET_FILE))
+  if saved is not None:
+    return datasets.DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v
+                                   for k, v in saved.items()})
+  return config_dataset_info(config)
+
+
+def build_with_weights(config: ml_collections.ConfigDict, info: datasets.DatasetInfo,
+                       weights_path: str) -> TrainModel:
+  """The `TrainModel` of a config with weights from a `.weights.h5` file.
+
+  Raises:
+    UserInputError: if the file is missing or holds another network's weights.
+  """
+  if not os.path.exists(weights_path):
+    raise UserInputError(f"{weights_path} does not exist; train at least one epoch "
+                         "first, or give the path of a .weights.h5 file.")
+  model = build_train_model(config, info, 1)
+  try:
+    model.load_weights(weights_path)
+  except ValueError as e:
+    raise UserInputError(f"{weights_path} does not fit the configured network "
+                         f"({str(e).splitlines()[0][:200]}); give the genotype, "
+                         "setting, sizes and dataset it was trained with.") from None
+  return model
+
+
+def load_trained_model(output_dir: str, which: str = "last",
+                       data_dir: str | None = None) -> TrainedModel:
+  """Rebuilds a training run's network and loads its last or best weights.
+
+  Args:
+    output_dir: a training run's directory.
+    which: "last" (the checkpoint) or "best".
+    data_dir: overrides the run's data directory.
+
+  Returns:
+    The `TrainedModel`.
+
+  Raises:
+    UserInputError: if the directory holds no training run or no such weights.
+  """
+  if which not in ("last", "best"):
+    raise UserInputError(f"Unknown weights {which!r}; choose 'last' or 'best'.")
+  config = _run_config(output_dir)
+  if data_dir is not None:
+    config.data_dir = data_dir
+  if which == "best":
+    path = os.path.join(output_dir, "best", BestWeights.WEIGHTS)
+    epoch = (callbacks.read_json(os.path.join(output_dir, "best", BestWeights.STATE))
+             or {}).get("epoch", 0)
+  else:
+    path = os.path.join(output_dir, "checkpoints", callbacks.EpochCheckpoint.WEIGHTS)
+    epoch = callbacks.EpochCheckpoint.finished_epochs(os.path.join(output_dir,
+                                                                   "checkpoints"))
+  if not os.path.exists(path):
+    raise UserInputError(f"{path} does not exist; train at least one epoch first.")
+  info = _run_dataset_info(output_dir, config)
+  return TrainedModel(build_with_weights(config, info, path), config, info, epoch)
+
+
 def evaluate_checkpoint(output_dir: str, split: str = "test", which: str = "last",
                         data_dir: str | None = None) -> dict:
   """Top-1/top-5 of a training run's weights on a split.
@@ -447,36 +554,17 @@ def evaluate_checkpoint(output_dir: str, split: str = "test", which: str = "last
   Raises:
     UserInputError: if the directory holds no training run or no such weights.
   """
-  config_path = os.path.join(output_dir, run_directory.CONFIG_FILE)
-  saved = callbacks.read_json(config_path)
-  if saved is None:
-    raise UserInputError(f"{output_dir} holds no training run ({config_path} is "
-                         "missing); pass the --output_dir of bin/train.py.")
-  config = default_config()  # keys a run written by an earlier version lacks keep defaults
-  config.update(saved)
-  if data_dir is not None:
-    config.data_dir = data_dir
-  if which == "best":
-    path = os.path.join(output_dir, "best", BestWeights.WEIGHTS)
-    epoch = (callbacks.read_json(os.path.join(output_dir, "best", BestWeights.STATE))
-             or {}).get("epoch", 0)
-  else:
-    path = os.path.join(output_dir, "checkpoints", callbacks.EpochCheckpoint.WEIGHTS)
-    epoch = callbacks.EpochCheckpoint.finished_epochs(os.path.join(output_dir,
-                                                                   "checkpoints"))
-  if not os.path.exists(path):
-    raise UserInputError(f"{path} does not exist; train at least one epoch first.")
+  config = _run_config(output_dir)
+  if config.dataset == "imagenet" and split != "test":
+    raise UserInputError(f"ImageNet runs are evaluated on the validation set "
+                         f"(split 'test'), not {split!r}.")
+  trained = load_trained_model(output_dir, which, data_dir)
+  config = trained.config
   if config.dataset == "imagenet":
-    if split != "test":
-      raise UserInputError(f"ImageNet runs are evaluated on the validation set "
-                           f"(split 'test'), not {split!r}.")
-    _, ds, info, _ = load_datasets(config)
+    ds = load_datasets(config)[1]
   else:
-    info = datasets.dataset_info(config.dataset)
     ds = datasets.eval_dataset(config.dataset, split, config.batch_size,
                                data_dir=config.data_dir or None,
                                source=config.data_source, limit=config.limit or None)
-  model = build_train_model(config, info, 1)
-  model.load_weights(path)
-  result = model.evaluate(ds, verbose=0, return_dict=True)
-  return {**{k: float(v) for k, v in result.items()}, "epoch": epoch}
+  result = trained.model.evaluate(ds, verbose=0, return_dict=True)
+  return {**{k: float(v) for k, v in result.items()}, "epoch": trained.epoch}
