@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from milenas_tf import datasets
+from milenas_tf import export
 from milenas_tf import networks
 from milenas_tf import optimization
 from milenas_tf import training
@@ -160,6 +161,21 @@ def test_evaluation_of_the_saved_weights(interrupted_then_resumed):
   best = json.loads(run.stdout)
   assert best["epoch"] == result.best["epoch"]
   assert best["top1"] == pytest.approx(result.best["value"], abs=1e-6)
+
+
+def test_the_trained_run_exports_with_its_test_accuracy(interrupted_then_resumed, tmp_path):
+  out, _, _, result = interrupted_then_resumed
+  with open(os.path.join(out, training.DATASET_FILE)) as f:
+    saved_info = json.load(f)
+  info = datasets.dataset_info("fashion_mnist")
+  assert tuple(saved_info["class_names"]) == info.class_names
+  assert tuple(saved_info["mean"]) == info.mean
+  exported = export.export_run(out, str(tmp_path), which="last")
+  signature = tf.saved_model.load(exported.path).signatures["serving_default"]
+  images, labels = datasets.load_arrays("fashion_mnist", "test")
+  top = np.concatenate([signature(images=tf.constant(images[i:i + 320]))["classes"][:, 0]
+                        for i in range(0, 1280, 320)])  # the run's test split: 1280 images
+  assert np.mean(top == labels[:1280]) == pytest.approx(result.test["top1"], abs=1.5 / 1280)
 
 
 def test_another_configuration_is_refused(interrupted_then_resumed):
