@@ -25,6 +25,7 @@ setuptools.setup(
         "ml-collections>=1.0",
         "matplotlib>=3.8",
         "tensorboard>=2.20",
+        "grpcio>=1.24",
     ],
     extras_require={
         "cpu": ["tensorflow-cpu>=2.21,<2.22"],

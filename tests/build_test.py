@@ -6,7 +6,8 @@ import re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIP_PACKAGES = {"tensorflow", "keras", "tensorflow-datasets", "absl-py", "numpy",
-                "ml-collections", "matplotlib", "tensorboard", "pytest"}
+                "ml-collections", "matplotlib", "tensorboard", "grpcio", "pytest",
+                "tensorflow-serving-api"}
 
 
 def load_build():
