@@ -1,10 +1,12 @@
-"""Times the search and training steps, each job in a fresh process; prints JSON lines.
+"""Times the search and training steps and exported models, each job in a fresh process;
+prints JSON lines.
 
   python bin/benchmark.py                       # search: paper and small configs, both orders
   python bin/benchmark.py --configs=small --orders=fused --steps=3
   python bin/benchmark.py --configs= --train_configs=cifar10,imagenet --devices=1,2
   python bin/benchmark.py --configs=paper --orders=reference --onednn=on,off
   python bin/benchmark.py --configs= --train_configs=cifar10 --remapping=off,on
+  python bin/benchmark.py --configs= --serving_configs=cifar10 --serving_batches=1,64
   python bin/benchmark.py --configs=paper --orders=reference \
       --methods=milenas,darts_2nd,milenas_2nd --hessians=finite_difference,exact
 
@@ -44,6 +46,13 @@ _REMAPPING = flags.DEFINE_list(
     "remapping", ["auto"], "Grappler remapper settings, one job each: auto (off on "
     "CPUs, as the configs), on, off.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after the first one.")
+_SERVING_CONFIGS = flags.DEFINE_list(
+    "serving_configs", [], "Exported-model latency against Keras for these training "
+    f"configurations: {', '.join(benchmarks.TRAIN_CONFIGS)} (none by default).")
+_SERVING_BATCHES = flags.DEFINE_list("serving_batches", ["1", "64"],
+                                     "Serving jobs: images per call.")
+_SERVING_SECONDS = flags.DEFINE_float("serving_seconds", 20.0,
+                                      "Serving jobs: seconds of timed calls per runtime.")
 
 
 def main(argv):
@@ -51,6 +60,8 @@ def main(argv):
   jobs = benchmarks.search_jobs(_CONFIGS.value, _METHODS.value, _ORDERS.value,
                                 _STEPS.value, _HESSIANS.value)
   jobs += benchmarks.train_jobs(_TRAIN_CONFIGS.value, _STEPS.value, _DEVICES.value)
+  jobs += benchmarks.serving_jobs(_SERVING_CONFIGS.value, _SERVING_BATCHES.value,
+                                  _SERVING_SECONDS.value)
   jobs = benchmarks.with_settings(jobs, "remapping", _REMAPPING.value)
   jobs = benchmarks.with_settings(jobs, "onednn", _ONEDNN.value)
   for result in benchmarks.with_ratios(benchmarks.run(jobs)):

@@ -1,7 +1,7 @@
 """Speed and memory benchmarks, each configuration in a fresh process.
 
 `run(...)` spawns one child Python process per job (a search configuration,
-method and order, or a training configuration),
+method and order, a training configuration, or an exported network and batch size),
 so that time to first step (graph construction, tracing, first execution) and
 peak memory are those a user sees, and prints one JSON object per line.
 """
@@ -245,6 +245,100 @@ def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
   }
 
 
+def serving_latency(config: str, batch_size: int = 1, duration_s: float = 20.0,
+                    genotype: str = "DARTS_V2", remapping: str = "auto") -> dict:
+  """Latency and throughput of an exported network against its Keras model.
+
+  The network of a `TRAIN_CONFIGS` entry (untrained; speed does not depend on the
+  weights) is exported with `export.export_network` and loaded back with
+  `tf.saved_model.load`; its `serving_default` signature (uint8 pixels in,
+  preprocessing in the graph) is timed against the Keras model's `predict_on_batch`
+  on the same pixels normalised in TensorFlow. The two alternate in ten rounds of
+  `duration_s / 10` seconds each, after one warm-up call each.
+
+  Args:
+    config: a key of `TRAIN_CONFIGS`.
+    batch_size: images per call.
+    duration_s: seconds of timed calls per runtime.
+    genotype: the cell.
+    remapping: Grappler's op fusion, as the training config's `remapping`.
+
+  Returns:
+    A JSON-friendly dict: per runtime (`saved_model`, `keras`) the median and 99th
+    percentile latency in ms, images/s and calls; the SavedModel's latency ratio.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from milenas_tf import datasets  # pylint: disable=g-import-not-at-top
+  from milenas_tf import export  # pylint: disable=g-import-not-at-top
+  from milenas_tf import networks  # pylint: disable=g-import-not-at-top
+
+  remapping_on = graph_options.apply_remapping(remapping)
+  spec = TRAIN_CONFIGS[config]
+  shape = (spec["image_size"], spec["image_size"], spec["channels"])
+  info = datasets.DatasetInfo("synthetic", shape, spec["num_classes"], (0.5,) * shape[-1],
+                              (0.25,) * shape[-1],
+                              tuple(str(i) for i in range(spec["num_classes"])))
+  tf.keras.utils.set_random_seed(0)
+  network = networks.build_network(genotype, spec["setting"], spec["init_channels"],
+                                   spec["num_cells"], auxiliary=False,
+                                   num_classes=spec["num_classes"], input_shape=shape)
+  images = np.random.default_rng(0).integers(0, 256, (batch_size,) + shape, np.uint8)
+  with tempfile.TemporaryDirectory() as directory:
+    t = time.perf_counter()
+    result = export.export_network(network, info, directory, "model", warmup=False,
+                                   model_config=False)
+    export_s = time.perf_counter() - t
+    signature = tf.saved_model.load(result.path).signatures[export.PIXELS_SIGNATURE]
+    calls = {
+        "saved_model": lambda: signature(images=tf.constant(images))["probabilities"],
+        "keras": lambda: network.predict_on_batch(datasets.normalize_images(images, info)),
+    }
+    latencies = {name: [] for name in calls}
+    for call in calls.values():
+      call()
+    for _ in range(10):
+      for name, call in calls.items():
+        end = time.perf_counter() + duration_s / 10
+        while True:
+          t = time.perf_counter()
+          call()
+          latencies[name].append(time.perf_counter() - t)
+          if t >= end:
+            break
+  out = {"benchmark": "serving", "config": config, "genotype": genotype, **spec,
+         "batch_size": batch_size, "remapping": remapping, "remapping_on": remapping_on,
+         "export_s": round(export_s, 2)}
+  for name, values in latencies.items():
+    p50, p99 = np.percentile(values, [50, 99])
+    out.update({f"{name}_p50_ms": round(1000 * p50, 2), f"{name}_p99_ms": round(1000 * p99, 2),
+                f"{name}_images_per_s": round(batch_size * len(values) / sum(values), 1),
+                f"{name}_calls": len(values)})
+  out["saved_model_p50_vs_keras"] = round(out["saved_model_p50_ms"] / out["keras_p50_ms"], 3)
+  out["peak_memory_mb"] = round(_peak_memory_mb(), 1)
+  return out
+
+
+def serving_jobs(configs: Iterable[str], batch_sizes: Iterable[int] = (1, 64),
+                 duration_s: float = 20.0) -> list[dict]:
+  """The serving jobs of `run`, one per configuration and batch size, validated before
+  anything runs."""
+  configs = list(configs)
+  try:
+    batch_sizes = [int(b) for b in batch_sizes]
+  except ValueError:
+    raise UserInputError(f"batch sizes must be integers, got {list(batch_sizes)}.") from None
+  for name in configs:
+    if name not in TRAIN_CONFIGS:
+      raise UserInputError(f"Unknown serving benchmark configuration {name!r}; choose "
+                           f"one of {', '.join(TRAIN_CONFIGS)}.")
+  if any(b < 1 for b in batch_sizes) or duration_s <= 0:
+    raise UserInputError(f"batch sizes and the duration must be positive, got "
+                         f"{batch_sizes} and {duration_s}.")
+  return [dict(benchmark="serving", config=c, batch_size=b, duration_s=duration_s)
+          for c in configs for b in batch_sizes]
+
+
 def train_jobs(configs: Iterable[str], steps: int, devices: Iterable[int] = (1,)
                ) -> list[dict]:
   """The training-step jobs of `run`, one per configuration and device count,
@@ -324,7 +418,8 @@ def with_ratios(results: Iterable[dict], baseline: str = "milenas") -> Iterator[
 
 def _child_main() -> None:
   kwargs = json.loads(sys.argv[1])
-  benchmark = train_step if kwargs.pop("benchmark", None) == "train_step" else search_step
+  benchmark = {"train_step": train_step, "serving": serving_latency}.get(
+      kwargs.pop("benchmark", None), search_step)
   print(json.dumps(benchmark(**kwargs)), flush=True)
 
 
@@ -355,9 +450,9 @@ def with_settings(jobs: Iterable[dict], key: str, settings: Iterable[str]) -> li
 
 
 def run(jobs: Iterable[dict], timeout_s: float = 1800) -> Iterator[dict]:
-  """Runs each job (kwargs of `search_step`, or of `train_step` with
-  `benchmark="train_step"`, and optionally `onednn` and `remapping` of
-  `with_settings`) in a fresh process.
+  """Runs each job (kwargs of `search_step`, of `train_step` with
+  `benchmark="train_step"` or of `serving_latency` with `benchmark="serving"`, and
+  optionally `onednn` and `remapping` of `with_settings`) in a fresh process.
 
   Yields:
     The result dict of each job, or a dict with an "error" key.

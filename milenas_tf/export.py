@@ -232,10 +232,10 @@ def export_network(network: keras.Model, info: datasets.DatasetInfo, base_dir: s
   archive.track(network)
   for name, (function, spec) in functions.items():
     archive.add_endpoint(name, function, input_signature=[spec])
-  os.makedirs(model_dir, exist_ok=True)
   tmp = os.path.join(model_dir, f".tmp-{version}-{os.getpid()}")
   shutil.rmtree(tmp, ignore_errors=True)
   try:
+    os.makedirs(model_dir, exist_ok=True)
     archive.write_out(tmp, verbose=False)
     if warmup:
       os.makedirs(os.path.join(tmp, os.path.dirname(WARMUP_FILE)), exist_ok=True)

@@ -85,6 +85,26 @@ def test_training_benchmark_reports_step_and_pipeline():
     benchmarks.train_jobs(["tiny"], 2, devices=["3"])
 
 
+def test_serving_benchmark_reports_latency_of_both_runtimes():
+  proc = run("--configs=", "--serving_configs=tiny", "--serving_batches=4",
+             "--serving_seconds=1")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  (result,) = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+  assert (result["benchmark"], result["config"], result["batch_size"]) == ("serving", "tiny", 4)
+  for runtime in ("saved_model", "keras"):
+    p50, p99 = result[f"{runtime}_p50_ms"], result[f"{runtime}_p99_ms"]
+    assert 0 < p50 <= p99
+    assert result[f"{runtime}_calls"] >= 10  # ten rounds, at least one call each
+    # Images over the summed latencies, which cover the one second of timed calls.
+    assert 0 < result[f"{runtime}_images_per_s"] <= 1.05 * 4 * result[f"{runtime}_calls"]
+  assert result["saved_model_p50_vs_keras"] == pytest.approx(
+      result["saved_model_p50_ms"] / result["keras_p50_ms"], rel=0.01)
+  with pytest.raises(UserInputError, match="Unknown serving benchmark configuration"):
+    benchmarks.serving_jobs(["mnist"])
+  with pytest.raises(UserInputError, match="must be positive"):
+    benchmarks.serving_jobs(["tiny"], batch_sizes=["0"])
+
+
 def test_jobs_repeat_per_setting():
   jobs = benchmarks.with_settings(benchmarks.train_jobs(["tiny"], 2, devices=[1, 2]),
                                   "onednn", ["on", "off"])

@@ -15,6 +15,7 @@ from milenas_tf import callbacks
 from milenas_tf import datasets
 from milenas_tf import export
 from milenas_tf import networks
+from milenas_tf import precision
 from milenas_tf import run_directory
 from milenas_tf import training
 from milenas_tf.errors import UserInputError
@@ -235,6 +236,26 @@ def test_imagenet_bytes_signature_resizes_the_shorter_side_and_crops_the_centre(
                              atol=1e-5)
   with pytest.raises(UserInputError, match="resize_size"):
     export.serving_functions(network, info, resize_size=32)
+
+
+def test_a_mixed_precision_network_exports_float32_outputs(tmp_path, fmnist):
+  info = datasets.dataset_info("fashion_mnist")
+  networks_by_policy = {}
+  for policy in ("float32", "mixed_float16"):
+    with precision.policy_scope(policy):
+      networks_by_policy[policy] = networks.build_network(
+          "DARTS_V2", "fashion_mnist", 4, 3, auxiliary=False, num_classes=10,
+          input_shape=info.image_shape)
+  mixed = networks_by_policy["mixed_float16"]
+  mixed.set_weights(networks_by_policy["float32"].get_weights())
+  assert any(layer.compute_dtype == "float16" for layer in mixed._flatten_layers())
+  result = export.export_network(mixed, info, str(tmp_path), "mixed", warmup=False)
+  signature = tf.saved_model.load(result.path).signatures[export.PIXELS_SIGNATURE]
+  assert signature.structured_outputs["probabilities"].dtype == tf.float32
+  got = signature(images=tf.constant(fmnist))["probabilities"].numpy()
+  want = _keras_probabilities(networks_by_policy["float32"], fmnist, info)
+  np.testing.assert_allclose(got, want, atol=2e-3)  # float16 rounding
+  np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
 
 
 def _fake_run(directory, dataset="fashion_mnist"):
