@@ -319,19 +319,29 @@ def serving_latency(config: str, batch_size: int = 1, duration_s: float = 20.0,
   return out
 
 
+def _train_config_names(configs: Iterable[str], kind: str) -> list[str]:
+  configs = list(configs)
+  for name in configs:
+    if name not in TRAIN_CONFIGS:
+      raise UserInputError(f"Unknown {kind} benchmark configuration {name!r}; choose "
+                           f"one of {', '.join(TRAIN_CONFIGS)}.")
+  return configs
+
+
+def _integers(values: Iterable, what: str) -> list[int]:
+  values = list(values)
+  try:
+    return [int(v) for v in values]
+  except ValueError:
+    raise UserInputError(f"{what} must be integers, got {values}.") from None
+
+
 def serving_jobs(configs: Iterable[str], batch_sizes: Iterable[int] = (1, 64),
                  duration_s: float = 20.0) -> list[dict]:
   """The serving jobs of `run`, one per configuration and batch size, validated before
   anything runs."""
-  configs = list(configs)
-  try:
-    batch_sizes = [int(b) for b in batch_sizes]
-  except ValueError:
-    raise UserInputError(f"batch sizes must be integers, got {list(batch_sizes)}.") from None
-  for name in configs:
-    if name not in TRAIN_CONFIGS:
-      raise UserInputError(f"Unknown serving benchmark configuration {name!r}; choose "
-                           f"one of {', '.join(TRAIN_CONFIGS)}.")
+  configs = _train_config_names(configs, "serving")
+  batch_sizes = _integers(batch_sizes, "batch sizes")
   if any(b < 1 for b in batch_sizes) or duration_s <= 0:
     raise UserInputError(f"batch sizes and the duration must be positive, got "
                          f"{batch_sizes} and {duration_s}.")
@@ -343,15 +353,9 @@ def train_jobs(configs: Iterable[str], steps: int, devices: Iterable[int] = (1,)
                ) -> list[dict]:
   """The training-step jobs of `run`, one per configuration and device count,
   validated before anything runs."""
-  configs = list(configs)
-  try:
-    devices = [int(d) for d in devices]
-  except ValueError:
-    raise UserInputError(f"devices must be integers, got {list(devices)}.") from None
+  configs = _train_config_names(configs, "training")
+  devices = _integers(devices, "devices")
   for name in configs:
-    if name not in TRAIN_CONFIGS:
-      raise UserInputError(f"Unknown training benchmark configuration {name!r}; choose "
-                           f"one of {', '.join(TRAIN_CONFIGS)}.")
     for count in devices:
       if count < 1 or TRAIN_CONFIGS[name]["batch_size"] % count:
         raise UserInputError(f"devices={count} must be positive and divide the batch "

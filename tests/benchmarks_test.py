@@ -103,6 +103,8 @@ def test_serving_benchmark_reports_latency_of_both_runtimes():
     benchmarks.serving_jobs(["mnist"])
   with pytest.raises(UserInputError, match="must be positive"):
     benchmarks.serving_jobs(["tiny"], batch_sizes=["0"])
+  with pytest.raises(UserInputError, match=r"batch sizes must be integers, got \['x'\]"):
+    benchmarks.serving_jobs(["tiny"], batch_sizes=["x"])
 
 
 def test_jobs_repeat_per_setting():
