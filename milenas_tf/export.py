@@ -120,18 +120,13 @@ def serving_functions(network: keras.Model, info: datasets.DatasetInfo, top_k: i
                          f"(the network takes {info.image_shape}); use None or 256.")
   k = min(top_k, info.num_classes)
   class_names = tf.constant(info.class_names, tf.string)
-  mean = tf.constant(info.mean, tf.float32)
-  std = tf.constant(info.std, tf.float32)
 
   def outputs(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
-    logits = network((pixels / 255.0 - mean) / std, training=False)
+    logits = network(datasets.normalize_images(pixels, info), training=False)
     probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
     classes = tf.math.top_k(probabilities, k).indices
     return {"probabilities": probabilities, "classes": classes,
             "class_names": tf.gather(class_names, classes)}
-
-  def from_pixels(images):
-    return outputs(tf.cast(images, tf.float32))
 
   def decode(image_bytes):
     if resize_size is None:
@@ -144,7 +139,7 @@ def serving_functions(network: keras.Model, info: datasets.DatasetInfo, top_k: i
     return outputs(pixels)
 
   return {
-      PIXELS_SIGNATURE: (tf.function(from_pixels), tf.TensorSpec(
+      PIXELS_SIGNATURE: (tf.function(outputs), tf.TensorSpec(
           (None,) + tuple(info.image_shape), tf.uint8, name=PIXELS_INPUT)),
       BYTES_SIGNATURE: (tf.function(from_bytes), tf.TensorSpec(
           (None,), tf.string, name=BYTES_INPUT)),
@@ -271,10 +266,9 @@ def export_run(output_dir: str, base_dir: str, model_name: str | None = None, *,
     UserInputError: if the run or its weights are missing, or as `export_network`.
   """
   trained = training.load_trained_model(output_dir, which)
-  if trained.config.dataset == "imagenet":
-    kwargs.setdefault("resize_size", training.run_imagenet_options(trained.config).resize_size)
   name = model_name or os.path.basename(os.path.normpath(output_dir))
-  return export_network(trained.model.network, trained.info, base_dir, name, **kwargs)
+  return _export_trained(trained.model, trained.config, trained.info, base_dir, name,
+                         **kwargs)
 
 
 def export_weights(config: ml_collections.ConfigDict, weights_path: str, base_dir: str,
@@ -298,7 +292,15 @@ def export_weights(config: ml_collections.ConfigDict, weights_path: str, base_di
   """
   training.check_config(config)
   info = training.config_dataset_info(config)
+  model = training.build_with_weights(config, info, weights_path)
+  return _export_trained(model, config, info, base_dir, model_name, **kwargs)
+
+
+def _export_trained(model: training.TrainModel, config: ml_collections.ConfigDict,
+                    info: datasets.DatasetInfo, base_dir: str, model_name: str,
+                    **kwargs) -> ExportResult:
+  """`export_network` of a `TrainModel`'s network; ImageNet runs resize encoded
+  images as their evaluation does unless `resize_size` is given."""
   if config.dataset == "imagenet":
     kwargs.setdefault("resize_size", training.run_imagenet_options(config).resize_size)
-  model = training.build_with_weights(config, info, weights_path)
   return export_network(model.network, info, base_dir, model_name, **kwargs)
