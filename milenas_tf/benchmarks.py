@@ -163,6 +163,16 @@ def _imagenet_pipeline_images_per_s(batch_size: int, batches: int,
     return _images_per_s(train, batches, batch_size)
 
 
+def _synthetic_info(spec: dict):
+  """The `DatasetInfo` of synthetic inputs of a `TRAIN_CONFIGS` entry."""
+  from milenas_tf import datasets  # pylint: disable=g-import-not-at-top
+
+  shape = (spec["image_size"], spec["image_size"], spec["channels"])
+  return datasets.DatasetInfo("synthetic", shape, spec["num_classes"], (0.5,) * shape[-1],
+                              (0.25,) * shape[-1],
+                              tuple(str(i) for i in range(spec["num_classes"])))
+
+
 def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
                devices: int = 1, remapping: str = "auto", **overrides) -> dict:
   """Times the training step of an evaluation network, and its input pipeline.
@@ -196,11 +206,8 @@ def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
     distribution.split_cpu(devices)
   remapping_on = graph_options.apply_remapping(remapping)  # after: it lists devices
   spec = {**TRAIN_CONFIGS[config], **overrides}
-  shape = (spec["image_size"], spec["image_size"], spec["channels"])
-  batch = spec["batch_size"]
-  info = datasets.DatasetInfo("synthetic", shape, spec["num_classes"],
-                              (0.5,) * shape[-1], (0.25,) * shape[-1],
-                              tuple(str(i) for i in range(spec["num_classes"])))
+  info = _synthetic_info(spec)
+  shape, batch = info.image_shape, spec["batch_size"]
   tf.keras.utils.set_random_seed(0)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, size=(4 * batch,) + shape, dtype=np.uint8)
@@ -275,10 +282,8 @@ def serving_latency(config: str, batch_size: int = 1, duration_s: float = 20.0,
 
   remapping_on = graph_options.apply_remapping(remapping)
   spec = TRAIN_CONFIGS[config]
-  shape = (spec["image_size"], spec["image_size"], spec["channels"])
-  info = datasets.DatasetInfo("synthetic", shape, spec["num_classes"], (0.5,) * shape[-1],
-                              (0.25,) * shape[-1],
-                              tuple(str(i) for i in range(spec["num_classes"])))
+  info = _synthetic_info(spec)
+  shape = info.image_shape
   tf.keras.utils.set_random_seed(0)
   network = networks.build_network(genotype, spec["setting"], spec["init_channels"],
                                    spec["num_cells"], auxiliary=False,
