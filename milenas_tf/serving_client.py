@@ -222,10 +222,7 @@ class RestClient:
                            ) from None
     except ValueError:
       raise UserInputError(f"{self.endpoint} did not answer with JSON.") from None
-    outputs = self.parse_response(body)
-    if "class_names" in outputs:
-      outputs["class_names"] = outputs["class_names"].astype(object)
-    return outputs
+    return self.parse_response(body)
 
 
 class GrpcClient:
@@ -264,12 +261,7 @@ class GrpcClient:
         raise UserInputError(f"Cannot reach {self.address} ({e.details()}); is "
                              "tensorflow_model_server running with --port?") from None
       raise UserInputError(f"{self.address} answered {code.name}: {e.details()}") from None
-    outputs = serving_protos.parse_predict_response(response)
-    if "class_names" in outputs:
-      outputs["class_names"] = np.vectorize(
-          lambda b: b.decode() if isinstance(b, bytes) else b, otypes=[object])(
-              outputs["class_names"])
-    return outputs
+    return serving_protos.parse_predict_response(response)
 
   def close(self) -> None:
     self._channel.close()
