@@ -30,7 +30,7 @@ setuptools.setup(
     extras_require={
         "cpu": ["tensorflow-cpu>=2.21,<2.22"],
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "pytest-xdist>=3"],
     },
     scripts=["bin/search.py", "bin/benchmark.py"],
     license="Apache-2.0",
