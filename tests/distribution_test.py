@@ -176,8 +176,8 @@ def test_search_steps_on_two_replicas_equal_one_device_steps(two_replica_search)
   assert two_replica_search["moved"] > 1e-4  # two Adam steps of 3e-4 moved each alpha
   # Adam's first steps are lr * g / (|g| + eps): for alpha gradients near zero a
   # float32 difference in the summation order moves the step by a few percent of lr
-  # (1.02e-5 seen). A replica bug (per-replica statistics, an unsummed gradient) flips
-  # whole steps.
+  # (1.02e-5 seen). A replica bug (per-replica statistics, an unsummed gradient) would
+  # change gradients' signs and move alpha by whole steps.
   assert two_replica_search["alphas_diff"] < 0.1 * two_replica_search["moved"]
   assert two_replica_search["weights_diff"] < 1e-5
 
