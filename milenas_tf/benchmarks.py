@@ -217,7 +217,8 @@ def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
                                                             spec["image_size"])
   else:
     pipeline = datasets._train_pipeline(  # pylint: disable=protected-access
-        images, labels, batch, info, seed=0, augment=True, repeat=True, cutout_length=16)
+        images, labels, batch, info, seed=0, augment=True, repeat=True, epoch=0,
+        cutout_length=16)
     pipeline_images_per_s = _images_per_s(pipeline, 4 * steps, batch)
   x, y = datasets.normalize_images(images[:batch], info), tf.constant(labels[:batch])
 

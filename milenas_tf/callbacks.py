@@ -1,4 +1,5 @@
-"""Keras callbacks of search and training: resumable checkpoints, architecture and epoch logs."""
+"""Keras callbacks of search and training: resumable checkpoints, architecture and epoch
+logs, the input pipelines' epoch."""
 
 from __future__ import annotations
 
@@ -75,6 +76,22 @@ class EpochCheckpoint(keras.callbacks.Callback):
   def on_epoch_end(self, epoch, logs=None):
     save_weights_atomic(self.model, os.path.join(self.directory, self.WEIGHTS))
     write_json_atomic(os.path.join(self.directory, self.STATE), {"epochs_done": epoch + 1})
+
+
+class InputEpoch(keras.callbacks.Callback):
+  """Sets the epoch the training pipelines produce (`datasets.epoch_variable`) at the
+  start of every epoch.
+
+  Args:
+    variable: the pipelines' epoch variable.
+  """
+
+  def __init__(self, variable: tf.Variable):
+    super().__init__()
+    self.variable = variable
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.variable.assign(epoch)
 
 
 def alpha_image(alphas: np.ndarray, scale: int = 12) -> np.ndarray:

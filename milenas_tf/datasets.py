@@ -337,31 +337,64 @@ def cutout(images: tf.Tensor, seed: tf.Tensor, length: int) -> tf.Tensor:
   return images * tf.cast(~hole, images.dtype)[:, :, :, None]
 
 
+def epoch_variable(initial: int = 0) -> tf.Variable:
+  """The epoch a training pipeline produces, as a variable it reads.
+
+  Create it outside any distribution strategy's scope and pass it as `epoch` to
+  `search_datasets` or `train_datasets`; `callbacks.InputEpoch` sets it at the
+  start of every epoch of `fit`.
+  """
+  return tf.Variable(initial, dtype=tf.int64, trainable=False, name="input_epoch")
+
+
+def _one_pass(num_examples: int, batch_size: int, seed: tf.Tensor) -> tf.data.Dataset:
+  """`(indices, batch_seed)` of one pass over the examples in a random order."""
+  order_seed, batch_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  order = tf.random.experimental.stateless_shuffle(tf.range(num_examples), order_seed)
+  batches = num_examples // batch_size
+  order = tf.reshape(order[:batches * batch_size], [batches, batch_size])
+  return tf.data.Dataset.from_tensor_slices(
+      (order, tf.random.experimental.stateless_split(batch_seed, batches)))
+
+
 def _train_pipeline(images: np.ndarray, labels: np.ndarray, batch_size: int,
                     info: DatasetInfo, seed: int, augment: bool,
-                    repeat: bool, cutout_length: int = 0) -> tf.data.Dataset:
-  """Shuffled, optionally augmented (and cut out), drop-remainder batches."""
-  ds = tf.data.Dataset.from_tensor_slices((images, labels))
-  ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-  ds = ds.batch(batch_size, drop_remainder=True)
-  if repeat:
-    ds = ds.repeat()
-  # One fresh stateless seed per batch, different on every iteration.
-  seeds = tf.data.Dataset.random(
-      seed=seed, rerandomize_each_iteration=True).batch(2)
-  ds = tf.data.Dataset.zip(ds, seeds)  # Stops with the (finite) batches.
+                    repeat: bool, epoch: tf.Variable | int,
+                    cutout_length: int = 0) -> tf.data.Dataset:
+  """Shuffled, optionally augmented (and cut out), drop-remainder batches.
 
-  def preprocess(batch, batch_seed):
-    x, y = batch
+  The order and the augmentation of an epoch are drawn from `(seed, epoch)` alone,
+  `epoch` being read when an iterator starts: however many iterators were made
+  before (Keras makes an extra one under a distribution strategy) and whether the
+  run was resumed, epoch e gets the same batches. With `repeat`, one epoch is an
+  endless stream of passes, each in its own order.
+  """
+  images, labels = tf.constant(images), tf.constant(labels)
+  num_examples = len(labels)
+
+  def passes(epoch_value):
+    epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch_value])
+    if not repeat:
+      return _one_pass(num_examples, batch_size, epoch_seed)
+    return tf.data.Dataset.counter().flat_map(lambda index: _one_pass(
+        num_examples, batch_size,
+        tf.random.experimental.stateless_fold_in(epoch_seed, index)))
+
+  def preprocess(indices, batch_seed):
+    x = tf.gather(images, indices)
     if augment:
       x = augment_images(x, batch_seed)
     x = normalize_images(x, info)
     if cutout_length:
       x = cutout(x, tf.random.experimental.stateless_fold_in(batch_seed, 1),
                  cutout_length)
-    return x, tf.cast(y, tf.int32)
+    return x, tf.cast(tf.gather(labels, indices), tf.int32)
 
-  # Deterministic order: a given seed reproduces the whole stream.
+  current_epoch = lambda _: tf.cast(tf.convert_to_tensor(epoch), tf.int64)
+  ds = tf.data.Dataset.range(1).map(current_epoch).flat_map(passes)
+  ds = ds.apply(tf.data.experimental.assert_cardinality(
+      tf.data.INFINITE_CARDINALITY if repeat else num_examples // batch_size))
+  # Deterministic order: (seed, epoch) reproduces the whole stream.
   return ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -380,6 +413,7 @@ def search_datasets(
     seed: int = 2,
     limit: int | None = None,
     augment: bool = True,
+    epoch: tf.Variable | int = 0,
 ) -> tuple[tf.data.Dataset, tf.data.Dataset, DatasetInfo]:
   """Builds the pipelines of the bi-level architecture search.
 
@@ -393,10 +427,13 @@ def search_datasets(
       (0, 1).
     data_dir: See `load_arrays`.
     source: See `load_arrays`.
-    seed: Seed of shuffling and augmentation; the same seed reproduces the
-      same stream (every epoch is reshuffled and re-augmented).
+    seed: Seed of shuffling and augmentation; `(seed, epoch)` fixes an
+      epoch's stream.
     limit: If set, only the first `limit` train examples are used.
     augment: Whether to augment both search streams (crop + flip).
+    epoch: The epoch to produce: an int (every iteration gives the same
+      stream), or an `epoch_variable()` read when an iterator starts; set it
+      before each epoch (`callbacks.InputEpoch`) to reshuffle and re-augment.
 
   Returns:
     `(train_ds, val_eval_ds, info)`. `train_ds` yields
@@ -427,9 +464,9 @@ def search_datasets(
         f"search-val ({n_val}) size; lower batch_size, raise limit or adjust "
         "train_portion.")
   train = _train_pipeline(images[:split], labels[:split], batch_size, info,
-                          seed, augment, repeat=False)
+                          seed, augment, repeat=False, epoch=epoch)
   val = _train_pipeline(images[split:], labels[split:], batch_size, info,
-                        seed + 1, augment, repeat=True)
+                        seed + 1, augment, repeat=True, epoch=epoch)
   train_ds = tf.data.Dataset.zip(train, val).prefetch(tf.data.AUTOTUNE)
   val_eval_ds = _eval_pipeline(images[split:], labels[split:], batch_size,
                                info)
@@ -446,6 +483,7 @@ def train_datasets(
     limit: int | None = None,
     augment: bool = True,
     cutout_length: int = 0,
+    epoch: tf.Variable | int = 0,
 ) -> tuple[tf.data.Dataset, tf.data.Dataset, DatasetInfo]:
   """Builds the pipelines of training an evaluation network from scratch.
 
@@ -458,6 +496,7 @@ def train_datasets(
     limit: If set, only the first `limit` examples of each split are used.
     augment: Random crop (pad 4) and flip.
     cutout_length: Side of the cutout square; 0 disables it.
+    epoch: The epoch to produce, as in `search_datasets`.
 
   Returns:
     `(train_ds, test_ds, info)`: one epoch of shuffled, augmented,
@@ -476,7 +515,7 @@ def train_datasets(
     raise UserInputError(f"batch_size={batch_size} exceeds the {len(images)} training "
                          "examples; lower batch_size or raise limit.")
   train = _train_pipeline(images, labels, batch_size, info, seed, augment,
-                          repeat=False, cutout_length=cutout_length)
+                          repeat=False, epoch=epoch, cutout_length=cutout_length)
   test_images, test_labels = _load_arrays(name, "test", data_dir, source, limit)
   return (train.prefetch(tf.data.AUTOTUNE),
           _eval_pipeline(test_images, test_labels, batch_size, info), info)

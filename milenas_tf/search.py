@@ -179,10 +179,11 @@ def run_search(config: ml_collections.ConfigDict, output_dir: str, *,
   resuming = run_directory.check_output_dir(output_dir, config.to_dict(), "search",
                                             defaults=default_config().to_dict())
   keras.utils.set_random_seed(config.seed)
+  input_epoch = datasets.epoch_variable()
   train_ds, val_ds, info = datasets.search_datasets(
       config.dataset, config.batch_size, config.train_portion,
       data_dir=config.data_dir or None, source=config.data_source, seed=config.seed,
-      limit=config.limit or None, augment=config.augment)
+      limit=config.limit or None, augment=config.augment, epoch=input_epoch)
   steps_per_epoch = int(train_ds.cardinality())
   with strategy.scope():
     model = build_search_model(
@@ -208,7 +209,8 @@ def run_search(config: ml_collections.ConfigDict, output_dir: str, *,
     fit = model.fit(
         train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=done,
         verbose=verbose, shuffle=False,
-        callbacks=[callbacks.ArchitectureLogger(output_dir, log_dir),
+        callbacks=[callbacks.InputEpoch(input_epoch),
+                   callbacks.ArchitectureLogger(output_dir, log_dir),
                    keras.callbacks.TensorBoard(log_dir, write_graph=False,
                                                profile_batch=0),
                    callbacks.EpochLog(os.path.join(output_dir, EPOCH_LOG)),

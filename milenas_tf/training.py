@@ -351,12 +351,14 @@ def run_imagenet_options(config: ml_collections.ConfigDict) -> ml_collections.Co
   return options
 
 
-def load_datasets(config: ml_collections.ConfigDict
+def load_datasets(config: ml_collections.ConfigDict, epoch: tf.Variable | int = 0
                   ) -> tuple[tf.data.Dataset, tf.data.Dataset, datasets.DatasetInfo, int]:
   """The training and test pipelines of a config, their `DatasetInfo` and the
   number of training steps per epoch.
 
-  ImageNet's test split is its validation set (`imagenet_input.imagenet_datasets`).
+  `epoch` is the epoch the in-memory datasets produce (`datasets.train_datasets`);
+  ImageNet reshuffles on every iteration instead. ImageNet's test split is its
+  validation set (`imagenet_input.imagenet_datasets`).
 
   Raises:
     UserInputError: for missing data or bad input options.
@@ -366,7 +368,7 @@ def load_datasets(config: ml_collections.ConfigDict
   if config.dataset != "imagenet":
     train_ds, test_ds, info = datasets.train_datasets(
         config.dataset, config.batch_size, augment=config.augment,
-        cutout_length=config.cutout_length, **common)
+        cutout_length=config.cutout_length, epoch=epoch, **common)
     return train_ds, test_ds, info, int(train_ds.cardinality())
   options = run_imagenet_options(config)
   train_ds, test_ds, info = imagenet_input.imagenet_datasets(
@@ -407,7 +409,8 @@ def run_training(config: ml_collections.ConfigDict, output_dir: str, *,
   resuming = run_directory.check_output_dir(output_dir, config.to_dict(), "training",
                                             defaults=default_config().to_dict())
   keras.utils.set_random_seed(config.seed)
-  train_ds, test_ds, info, steps_per_epoch = load_datasets(config)
+  input_epoch = datasets.epoch_variable()
+  train_ds, test_ds, info, steps_per_epoch = load_datasets(config, input_epoch)
   with strategy.scope():
     model = build_train_model(config, info, steps_per_epoch)
   checkpoint_dir = os.path.join(output_dir, "checkpoints")
@@ -427,7 +430,8 @@ def run_training(config: ml_collections.ConfigDict, output_dir: str, *,
     fit = model.fit(
         train_ds, validation_data=test_ds, epochs=config.epochs, initial_epoch=done,
         verbose=verbose, shuffle=False,
-        callbacks=[DropPathSchedule(config.drop_path_rate, config.epochs), best,
+        callbacks=[callbacks.InputEpoch(input_epoch),
+                   DropPathSchedule(config.drop_path_rate, config.epochs), best,
                    keras.callbacks.TensorBoard(log_dir, write_graph=False, profile_batch=0),
                    callbacks.EpochLog(os.path.join(output_dir, EPOCH_LOG)),
                    callbacks.EpochCheckpoint(checkpoint_dir)] + (extra_callbacks or []))

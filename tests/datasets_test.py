@@ -136,8 +136,9 @@ def test_real_fashion_mnist_matches_info():
 @needs_fmnist
 def test_search_datasets_fashion_mnist():
   batch = 64
+  epoch = datasets.epoch_variable()
   train_ds, val_eval_ds, info = datasets.search_datasets(
-      "fashion_mnist", batch, 0.5, limit=512)
+      "fashion_mnist", batch, 0.5, limit=512, epoch=epoch)
   x_all, y_all = datasets.load_arrays("fashion_mnist", "train")
   assert info == datasets.dataset_info("fashion_mnist")
   assert train_ds.cardinality().numpy() == 4
@@ -153,7 +154,10 @@ def test_search_datasets_fashion_mnist():
   np.testing.assert_array_equal(np.concatenate(ys), y_all[256:512])
 
   # Two epochs; each reshuffles and re-augments; the images are augmented.
-  epochs = [list(train_ds.as_numpy_iterator()) for _ in range(2)]
+  epochs = []
+  for value in (0, 1):
+    epoch.assign(value)
+    epochs.append(list(train_ds.as_numpy_iterator()))
   assert [len(e) for e in epochs] == [4, 4]
   assert not np.array_equal(epochs[0][0][0][0], epochs[1][0][0][0])
   raw_keys = {x.tobytes() for x in x_all[:512]}
@@ -198,9 +202,13 @@ def test_search_augmentation_is_fresh_every_batch_and_epoch(tmp_path):
         _idx_bytes(array))
 
   def stream(seed):
+    epoch = datasets.epoch_variable()
     train_ds, _, _ = datasets.search_datasets(
-        "fashion_mnist", 64, 0.75, data_dir=str(tmp_path), seed=seed)
-    epochs = [list(train_ds.as_numpy_iterator()) for _ in range(2)]
+        "fashion_mnist", 64, 0.75, data_dir=str(tmp_path), seed=seed, epoch=epoch)
+    epochs = []
+    for value in (0, 1):
+      epoch.assign(value)
+      epochs.append(list(train_ds.as_numpy_iterator()))
     train_batches = [t[0] for e in epochs for t, _ in e]
     val_batches = [v[0] for e in epochs for _, v in e]
     return train_batches, val_batches
@@ -211,6 +219,32 @@ def test_search_augmentation_is_fresh_every_batch_and_epoch(tmp_path):
   # The seed reproduces the stream; another seed changes it.
   np.testing.assert_array_equal(stream(seed=2), (train_batches, val_batches))
   assert not np.array_equal(stream(seed=3)[0], train_batches)
+
+
+@needs_fmnist
+def test_an_epochs_batches_do_not_depend_on_earlier_iterators():
+  # Keras iterates a dataset once more before training under a distribution
+  # strategy, and a resumed run starts afresh: neither may change an epoch's data.
+  def first_batches(train_ds):
+    return [(t[1], v[1]) for t, v in train_ds.take(2).as_numpy_iterator()]
+
+  epoch = datasets.epoch_variable(1)
+  train_ds, _, _ = datasets.search_datasets("fashion_mnist", 16, limit=128, epoch=epoch)
+  for _ in range(3):  # iterators made and dropped
+    next(iter(train_ds))
+  epoch_1 = first_batches(train_ds)
+  np.testing.assert_array_equal(epoch_1, first_batches(train_ds))
+  fresh, _, _ = datasets.search_datasets("fashion_mnist", 16, limit=128, epoch=1)
+  np.testing.assert_array_equal(epoch_1, first_batches(fresh))
+  epoch.assign(2)
+  assert not np.array_equal(epoch_1, first_batches(train_ds))
+
+  train, _, _ = datasets.train_datasets("fashion_mnist", 16, limit=64, cutout_length=8,
+                                        epoch=epoch)
+  images = [x for x, _ in train.take(2).as_numpy_iterator()]
+  np.testing.assert_array_equal(images, [x for x, _ in train.take(2).as_numpy_iterator()])
+  epoch.assign(3)
+  assert not np.array_equal(images, [x for x, _ in train.take(2).as_numpy_iterator()])
 
 
 def test_search_datasets_rejects_too_small_halves(tmp_path):
