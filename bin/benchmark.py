@@ -3,6 +3,7 @@ prints JSON lines.
 
   python bin/benchmark.py                       # search: paper and small configs, both orders
   python bin/benchmark.py --configs=small --orders=fused --steps=3
+  python bin/benchmark.py --configs=small --orders=fused --devices=1,2 --steps=3
   python bin/benchmark.py --configs= --train_configs=cifar10,imagenet --devices=1,2
   python bin/benchmark.py --configs=paper --orders=reference --onednn=on,off
   python bin/benchmark.py --configs= --train_configs=cifar10 --remapping=off,on
@@ -10,11 +11,11 @@ prints JSON lines.
   python bin/benchmark.py --configs=paper --orders=reference \
       --methods=milenas,darts_2nd,milenas_2nd --hessians=finite_difference,exact
 
-Results of the same configuration, order, oneDNN and remapping settings carry their
-ratio to `milenas` (`step_s_vs_milenas`, ...) when `milenas` is among the methods. Every
-job runs with oneDNN on (`TF_ENABLE_ONEDNN_OPTS=1`, as the scripts do) and Grappler's
-remapper as the configs' "auto" leaves it unless `--onednn` or `--remapping` says
-otherwise.
+Results of the same configuration, order, oneDNN and remapping settings and replica
+count carry their ratio to `milenas` (`step_s_vs_milenas`, ...) when `milenas` is among
+the methods. Every job runs with oneDNN on (`TF_ENABLE_ONEDNN_OPTS=1`, as the scripts
+do) and Grappler's remapper as the configs' "auto" leaves it unless `--onednn` or
+`--remapping` says otherwise.
 """
 
 import json
@@ -38,8 +39,8 @@ _TRAIN_CONFIGS = flags.DEFINE_list(
     "train_configs", [],
     f"Training-step configurations: {', '.join(benchmarks.TRAIN_CONFIGS)} (none by default).")
 _DEVICES = flags.DEFINE_list(
-    "devices", ["1"], "Training jobs: replica counts (logical CPU devices under "
-    "MirroredStrategy above 1).")
+    "devices", ["1"], "Search (first-order methods) and training jobs: replica counts "
+    "(logical CPU devices under MirroredStrategy above 1).")
 _ONEDNN = flags.DEFINE_list(
     "onednn", ["on"], "oneDNN settings, one job each: on, off, default (as in this shell).")
 _REMAPPING = flags.DEFINE_list(
@@ -58,7 +59,7 @@ _SERVING_SECONDS = flags.DEFINE_float("serving_seconds", 20.0,
 def main(argv):
   cli.check_no_arguments(argv)
   jobs = benchmarks.search_jobs(_CONFIGS.value, _METHODS.value, _ORDERS.value,
-                                _STEPS.value, _HESSIANS.value)
+                                _STEPS.value, _HESSIANS.value, _DEVICES.value)
   jobs += benchmarks.train_jobs(_TRAIN_CONFIGS.value, _STEPS.value, _DEVICES.value)
   jobs += benchmarks.serving_jobs(_SERVING_CONFIGS.value, _SERVING_BATCHES.value,
                                   _SERVING_SECONDS.value)

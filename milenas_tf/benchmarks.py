@@ -48,7 +48,8 @@ def _peak_memory_mb() -> float:
 
 def search_step(config: str, method: str = "milenas", order: str = "reference",
                 steps: int = 5, grappler: bool = True, inter_op_threads: int = 0,
-                hessian: str | None = None, remapping: str = "auto", **overrides) -> dict:
+                hessian: str | None = None, remapping: str = "auto", devices: int = 1,
+                **overrides) -> dict:
   """Times the search step of one configuration in this process.
 
   Args:
@@ -60,6 +61,8 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
     grappler: run TensorFlow's graph optimiser.
     inter_op_threads: TensorFlow inter-op threads (0: its default).
     remapping: Grappler's op fusion, as the search config's `remapping`.
+    devices: replicas (first-order methods); above 1, `MirroredStrategy` over that
+      many logical CPU devices (the global batch is unchanged).
     **overrides: changes to the configuration.
 
   Returns:
@@ -67,8 +70,11 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from milenas_tf import datasets  # pylint: disable=g-import-not-at-top
+  from milenas_tf import distribution  # pylint: disable=g-import-not-at-top
   from milenas_tf import search  # pylint: disable=g-import-not-at-top
 
+  if devices > 1:
+    distribution.split_cpu(devices)
   tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": not grappler})
   tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
   remapping_on = graph_options.apply_remapping(remapping)  # after: it lists devices
@@ -77,13 +83,16 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
   tf.keras.utils.set_random_seed(0)
   data, _, _ = datasets.synthetic_search_datasets(shape, 10, spec["batch_size"], steps + 1)
   imported = time.perf_counter()
-  model = search.build_search_model(
-      num_classes=10, input_shape=shape, init_channels=spec["init_channels"],
-      num_cells=spec["num_cells"], method=method, order=order, epochs=50,
-      steps_per_epoch=100, hessian=hessian or "finite_difference")
+  strategy = distribution.get_strategy(
+      ",".join(f"/cpu:{i}" for i in range(devices)) if devices > 1 else "default")
+  with strategy.scope():
+    model = search.build_search_model(
+        num_classes=10, input_shape=shape, init_channels=spec["init_channels"],
+        num_cells=spec["num_cells"], method=method, order=order, epochs=50,
+        steps_per_epoch=100, hessian=hessian or "finite_difference")
   model.make_train_function()
   train_function = model.train_function
-  iterator = iter(data)
+  iterator = iter(strategy.experimental_distribute_dataset(data))
 
   def one_step():
     logs = train_function(iterator)
@@ -93,7 +102,7 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
   first_done, step = _time_steps(one_step, steps)
   return {
       "benchmark": "search_step", "config": config, "method": method, "order": order,
-      "hessian": hessian,
+      "hessian": hessian, "devices": devices, "replicas": strategy.num_replicas_in_sync,
       **spec, "grappler": grappler, "inter_op_threads": inter_op_threads,
       "remapping": remapping, "remapping_on": remapping_on,
       "build_s": round(t0 - imported, 2),
@@ -342,6 +351,13 @@ def _integers(values: Iterable, what: str) -> list[int]:
     raise UserInputError(f"{what} must be integers, got {values}.") from None
 
 
+def _check_devices(devices: list[int], batch_size: int, config: str) -> None:
+  for count in devices:
+    if count < 1 or batch_size % count:
+      raise UserInputError(f"devices={count} must be positive and divide the batch "
+                           f"{batch_size} of {config!r}.")
+
+
 def serving_jobs(configs: Iterable[str], batch_sizes: Iterable[int] = (1, 64),
                  duration_s: float = 20.0) -> list[dict]:
   """The serving jobs of `run`, one per configuration and batch size, validated before
@@ -362,10 +378,7 @@ def train_jobs(configs: Iterable[str], steps: int, devices: Iterable[int] = (1,)
   configs = _train_config_names(configs, "training")
   devices = _integers(devices, "devices")
   for name in configs:
-    for count in devices:
-      if count < 1 or TRAIN_CONFIGS[name]["batch_size"] % count:
-        raise UserInputError(f"devices={count} must be positive and divide the batch "
-                             f"{TRAIN_CONFIGS[name]['batch_size']} of {name!r}.")
+    _check_devices(devices, TRAIN_CONFIGS[name]["batch_size"], name)
   if steps < 1:
     raise UserInputError(f"steps must be positive, got {steps}.")
   return [dict(benchmark="train_step", config=c, steps=steps, devices=d)
@@ -373,22 +386,25 @@ def train_jobs(configs: Iterable[str], steps: int, devices: Iterable[int] = (1,)
 
 
 def search_jobs(configs: Iterable[str], methods: Iterable[str], orders: Iterable[str],
-                steps: int, hessians: Iterable[str] = ("finite_difference",)
-                ) -> list[dict]:
+                steps: int, hessians: Iterable[str] = ("finite_difference",),
+                devices: Iterable[int] = (1,)) -> list[dict]:
   """The jobs of `run` for every combination, validated before anything runs.
 
   Second-order methods get one job per Hessian-vector product in `hessians`;
-  first-order ones a single job with `hessian=None`.
+  first-order ones a single job with `hessian=None`. Each combination runs on
+  each replica count of `devices` (second-order methods on one device only).
 
   Raises:
-    UserInputError: for an unknown configuration, method, order or hessian.
+    UserInputError: for an unknown configuration, method, order or hessian, or a
+      replica count that does not divide a configuration's batch.
   """
   configs, methods, orders = list(configs), list(methods), list(orders)
-  hessians = list(hessians)
+  hessians, devices = list(hessians), _integers(devices, "devices")
   for name in configs:
     if name not in SEARCH_CONFIGS:
       raise UserInputError(f"Unknown benchmark configuration {name!r}; choose one of "
                            f"{', '.join(SEARCH_CONFIGS)}.")
+    _check_devices(devices, SEARCH_CONFIGS[name]["batch_size"], name)
   for method in methods:
     update_rules.get_rule(method)
   for order in orders:
@@ -397,9 +413,11 @@ def search_jobs(configs: Iterable[str], methods: Iterable[str], orders: Iterable
     update_rules.check_choice("hessian", hessian, second_order.HESSIANS)
   if steps < 1:
     raise UserInputError(f"steps must be positive, got {steps}.")
-  return [dict(config=c, method=m, order=o, steps=steps, hessian=h)
-          for c in configs for o in orders for m in methods
-          for h in (hessians if m in update_rules.SECOND_ORDER_METHODS else [None])]
+  second = update_rules.SECOND_ORDER_METHODS
+  return [dict(config=c, method=m, order=o, steps=steps, hessian=h, devices=d)
+          for c in configs for d in devices for o in orders for m in methods
+          for h in (hessians if m in second else [None])
+          if d == 1 or m not in second]
 
 
 RATIO_KEYS = ("first_step_s", "step_s", "peak_memory_mb")
@@ -407,16 +425,16 @@ RATIO_KEYS = ("first_step_s", "step_s", "peak_memory_mb")
 
 def with_ratios(results: Iterable[dict], baseline: str = "milenas") -> Iterator[dict]:
   """Adds `<key>_vs_<baseline>` ratios to results of the baseline's configuration,
-  order, oneDNN and remapping settings.
+  order, oneDNN and remapping settings and replica count.
 
-  A result gets ratios once the baseline method's result of the same
-  configuration, order, oneDNN and remapping settings has gone by (jobs list it
+  A result gets ratios once the baseline method's result of the same configuration,
+  order, oneDNN and remapping settings and replica count has gone by (jobs list it
   first when it is asked for).
   """
   base = {}
   for result in results:
     key = (result.get("config"), result.get("order"), result.get("onednn"),
-           result.get("remapping"))
+           result.get("remapping"), result.get("devices"))
     if result.get("method") == baseline and "error" not in result:
       base[key] = result
     if key in base and "error" not in result:

@@ -48,6 +48,17 @@ def test_second_order_methods_get_one_job_per_hessian():
     benchmarks.search_jobs(["tiny"], ["darts_2nd"], ["reference"], 2, ["newton"])
 
 
+def test_search_jobs_on_several_devices():
+  jobs = benchmarks.search_jobs(["tiny"], ["milenas", "milenas_2nd"], ["fused"], 2,
+                                devices=["1", "2"])
+  # Second-order methods assign the weights: one device only.
+  assert [(j["method"], j["devices"]) for j in jobs] == [
+      ("milenas", 1), ("milenas_2nd", 1), ("milenas", 2)]
+  with pytest.raises(UserInputError, match="devices=3 must be positive and divide the "
+                     "batch 8 of 'tiny'"):
+    benchmarks.search_jobs(["tiny"], ["milenas"], ["fused"], 2, devices=[3])
+
+
 def test_ratios_are_to_milenas_of_the_same_configuration_and_order():
   results = [
       dict(config="paper", order="reference", method="milenas", first_step_s=100.0,
