@@ -12,8 +12,9 @@
 The configured batch size is the global batch; Keras splits it across replicas.
 With several replicas, batch norm uses the statistics of the global batch
 (`operations.set_sync_batch_norm`) and `TrainModel.train_step` clips the
-global-batch gradient, so N replicas compute what one device computes.
-The search (`milenas_tf.search`) runs on one device.
+global-batch gradient, so N replicas compute what one device computes. The search
+(`milenas_tf.search`) does the same for its first-order methods; the second-order ones
+run on one device.
 """
 
 from __future__ import annotations
