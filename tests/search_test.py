@@ -76,6 +76,18 @@ def test_resumed_search_continues_from_the_saved_epoch(interrupted_then_resumed)
   assert records[1]["val_accuracy"] == pytest.approx(result.history["val_accuracy"][-1])
 
 
+def test_resumed_search_ends_where_an_uninterrupted_one_does(interrupted_then_resumed,
+                                                             tmp_path):
+  # Weights, alpha, both optimisers and the schedule are restored, and the second
+  # epoch gets the batches it gets without the interruption.
+  whole = str(tmp_path / "whole")
+  search.run_search(tiny_config(), whole, verbose=0)
+  with np.load(os.path.join(interrupted_then_resumed[0], "alphas.npz")) as resumed, \
+       np.load(os.path.join(whole, "alphas.npz")) as uninterrupted:
+    for name in ("alphas_normal", "alphas_reduce"):
+      np.testing.assert_array_equal(resumed[name], uninterrupted[name])
+
+
 def test_search_learns_and_moves_alpha(interrupted_then_resumed):
   out, interrupt, _, result, _ = interrupted_then_resumed
   assert result.history["val_accuracy"][-1] > 0.3  # chance is 0.1
