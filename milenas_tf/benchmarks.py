@@ -395,8 +395,9 @@ def search_jobs(configs: Iterable[str], methods: Iterable[str], orders: Iterable
   each replica count of `devices` (second-order methods on one device only).
 
   Raises:
-    UserInputError: for an unknown configuration, method, order or hessian, or a
-      replica count that does not divide a configuration's batch.
+    UserInputError: for an unknown configuration, method, order or hessian, a
+      replica count that does not divide a configuration's batch, or second-order
+      methods without a one-device job.
   """
   configs, methods, orders = list(configs), list(methods), list(orders)
   hessians, devices = list(hessians), _integers(devices, "devices")
@@ -414,6 +415,9 @@ def search_jobs(configs: Iterable[str], methods: Iterable[str], orders: Iterable
   if steps < 1:
     raise UserInputError(f"steps must be positive, got {steps}.")
   second = update_rules.SECOND_ORDER_METHODS
+  if configs and orders and 1 not in devices and any(m in second for m in methods):
+    raise UserInputError(f"The second-order methods run on one device; add 1 to devices "
+                         f"(got {devices}) or leave them out.")
   return [dict(config=c, method=m, order=o, steps=steps, hessian=h, devices=d)
           for c in configs for d in devices for o in orders for m in methods
           for h in (hessians if m in second else [None])

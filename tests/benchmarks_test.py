@@ -57,6 +57,8 @@ def test_search_jobs_on_several_devices():
   with pytest.raises(UserInputError, match="devices=3 must be positive and divide the "
                      "batch 8 of 'tiny'"):
     benchmarks.search_jobs(["tiny"], ["milenas"], ["fused"], 2, devices=[3])
+  with pytest.raises(UserInputError, match="second-order methods run on one device"):
+    benchmarks.search_jobs(["tiny"], ["darts_2nd"], ["fused"], 2, devices=[2])
 
 
 def test_ratios_are_to_milenas_of_the_same_configuration_and_order():
