@@ -83,8 +83,7 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
   tf.keras.utils.set_random_seed(0)
   data, _, _ = datasets.synthetic_search_datasets(shape, 10, spec["batch_size"], steps + 1)
   imported = time.perf_counter()
-  strategy = distribution.get_strategy(
-      ",".join(f"/cpu:{i}" for i in range(devices)) if devices > 1 else "default")
+  strategy = distribution.get_strategy(_logical_cpus(devices) if devices > 1 else "default")
   with strategy.scope():
     model = search.build_search_model(
         num_classes=10, input_shape=shape, init_channels=spec["init_channels"],
@@ -112,6 +111,11 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
       "images_per_s": round(spec["batch_size"] / step, 2),
       "peak_memory_mb": round(_peak_memory_mb(), 1),
   }
+
+
+def _logical_cpus(count: int) -> str:
+  """The device list of `count` logical CPUs ("/cpu:0,/cpu:1"), after `split_cpu(count)`."""
+  return ",".join(f"/cpu:{i}" for i in range(count))
 
 
 def _time_steps(step_fn, steps: int) -> tuple[float, float]:
@@ -237,7 +241,7 @@ def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
                       init_channels=spec["init_channels"], num_cells=spec["num_cells"],
                       batch_size=batch)
   if devices > 1:
-    train_config.distribution = ",".join(f"/cpu:{i}" for i in range(devices))
+    train_config.distribution = _logical_cpus(devices)
   strategy = distribution.strategy_for_batch(train_config.distribution, batch)
   with strategy.scope():
     model = training.build_train_model(train_config, info, steps_per_epoch=100)
