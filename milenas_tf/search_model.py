@@ -12,8 +12,9 @@
 The second-order methods (`milenas_2nd`, `darts_2nd`) compute grad_w L_tr(w, alpha)
 for the virtual step w' (reused as the w step's gradient in the fused order), one
 pass with respect to alpha and w at w' per split, and the Hessian-vector products
-(two alpha passes per split by finite differences, or one double-backward pass for
-all splits when exact); see `update_rules` and `second_order`.
+(two alpha passes per split by finite differences, two for all splits when
+combined, or one double-backward pass for all splits when exact); see
+`update_rules` and `second_order`.
 
 Each pass is one traced function (loss and gradients with respect to a fixed set
 of variables) called as often as the step needs it: the network is traced once per
@@ -105,10 +106,12 @@ class _Passes:
 
   def hessian_vector_products(self, terms):
     model, weights = self._model, self._original_weights()
-    if model.hessian == "exact":  # Linear in v: one product along the weighted sum.
-      vector = [tf.add_n([c * v[i] for c, v in terms]) for i in range(len(weights))]
+    if model.hessian in second_order.COMBINED_HESSIANS:  # Linear in v: one product
+      terms = [(1.0, [tf.add_n([c * v[i] for c, v in terms])  # along the weighted sum.
+                      for i in range(len(weights))])]
+    if model.hessian == "exact":
       second_order.assign(model.network.weight_variables, weights)
-      return model.hessian_vector_product(*self._train, vector)
+      return model.hessian_vector_product(*self._train, terms[0][1])
     products = [
         second_order.finite_difference_hvp(
             lambda at: self._pass_at(at, "alpha", self._train), weights, v,
@@ -130,8 +133,9 @@ class SearchModel(keras.Model):
     weight_decay: coupled L2 on w.
     arch_weight_decay: coupled L2 on alpha.
     grad_clip: global-norm clip of grad_w (None or 0: no clipping).
-    hessian: second-order methods: "finite_difference" (the papers') or "exact"
-      (nested tapes); see `second_order`.
+    hessian: second-order methods: "finite_difference" (the papers'),
+      "finite_difference_combined" (one central difference for both splits of
+      `milenas_2nd`) or "exact" (nested tapes); see `second_order`.
     virtual_step: second-order methods: "optimizer" (w' is the w optimiser's next
       step with momentum and coupled decay, unclipped, as the reference code) or
       "sgd" (the papers' w - xi grad_w L_tr).

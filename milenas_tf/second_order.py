@@ -13,6 +13,12 @@ Two ways to compute it:
 - `exact_hvp`: the gradient of <grad_w L_tr, v> with respect to alpha by nested
   gradient tapes; one double-backward pass, exact to rounding.
 
+`HESSIANS` names the choices of the search step: "finite_difference" (one central
+difference per vector, as the seed's formula for MiLeNAS-2nd, with its own eps for
+each split), "finite_difference_combined" (H v is linear in v: one central
+difference along the weighted sum of the vectors, two passes instead of four for
+MiLeNAS-2nd, with eps taken from the sum's norm) and "exact" (always along the sum).
+
 The functions are pure over tensors and variables: the caller evaluates passes at
 other weights by assigning them (`assign`) inside `preserved`, which puts every
 variable back, bit for bit, when it exits.
@@ -25,7 +31,9 @@ from typing import Callable, Iterator, Sequence
 
 import tensorflow as tf
 
-HESSIANS = ("finite_difference", "exact")
+HESSIANS = ("finite_difference", "finite_difference_combined", "exact")
+# The products formed once along the weighted sum of the vectors.
+COMBINED_HESSIANS = ("finite_difference_combined", "exact")
 VIRTUAL_STEPS = ("optimizer", "sgd")
 
 Tensors = Sequence[tf.Tensor]

@@ -128,7 +128,8 @@ def test_non_empty_foreign_directory_is_refused(tmp_path):
 @pytest.mark.parametrize("flags,message", [
     (["--config.method=bogus"], "error: Unknown search method 'bogus'"),
     (["--config.method=darts_2nd", "--config.hessian=newton"],
-     "error: Unknown hessian 'newton'; choose one of finite_difference, exact"),
+     "error: Unknown hessian 'newton'; choose one of finite_difference, "
+     "finite_difference_combined, exact"),
     (["--config.dataset=mnist"], "error: Unknown dataset name 'mnist'"),
     (["--config.remapping=yes"], "error: Unknown remapping setting 'yes'"),
     (["--config.data_source=idx", "--config.data_dir=/nonexistent"],

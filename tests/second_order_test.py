@@ -224,8 +224,10 @@ def test_exact_second_order_gradient_differentiates_through_the_virtual_step(
   assert relative_error(direct, want) > 1e-2
 
 
-@pytest.mark.parametrize("method", ["darts_2nd", "milenas_2nd"])
-def test_finite_differences_agree_with_exact(float64, method):
+@pytest.mark.parametrize("method,hessian", [
+    ("darts_2nd", "finite_difference"), ("milenas_2nd", "finite_difference"),
+    ("milenas_2nd", "finite_difference_combined")])
+def test_finite_differences_agree_with_exact(float64, method, hessian):
   """Central differences approach the exact product: truncation O(eps^2), rounding O(u/eps).
 
   The radius is below the scale at which perturbations of this tiny ReLU network
@@ -235,10 +237,50 @@ def test_finite_differences_agree_with_exact(float64, method):
   train, val = batches()
   model = tiny_model(method, hessian="exact")
   exact = model.arch_gradients(_Passes(model, train, val))
-  model = tiny_model(method)
+  model = tiny_model(method, hessian=hessian)
   model.finite_difference_radius = 1e-6
   got = model.arch_gradients(_Passes(model, train, val))
   assert relative_error(got, exact) < 1e-6
+
+
+@pytest.mark.parametrize("hessian,alpha_passes", [
+    ("finite_difference", 4), ("finite_difference_combined", 2)])
+def test_milenas_2nd_finite_differences_per_split_or_along_the_weighted_sum(
+    float64, hessian, alpha_passes):
+  """The combined variant is one central difference along u = sum_s c_s v_s,
+  eps = radius / ||u||, built here from the network's loss as a function of (w, alpha)."""
+  coefficients = {"val": 1.3, "train": 0.6}
+  model = tiny_model("milenas_2nd", hessian=hessian, virtual_step="sgd",
+                     lambda_val=coefficients["val"], lambda_train=coefficients["train"])
+  train, val = batches()
+  calls, gradient_pass = [], model.gradient_pass
+  model.gradient_pass = lambda wrt, x, y: calls.append(wrt) or gradient_pass(wrt, x, y)
+  got = model.arch_gradients(_Passes(model, train, val))
+  assert calls == ["weights", "all", "all"] + ["alpha"] * alpha_passes
+  if hessian != "finite_difference_combined":
+    return
+
+  net = model.network
+  stateless = Stateless(net)
+  w, alphas = values(net.weight_variables), values(net.arch_variables)
+  with tf.GradientTape() as tape:
+    tape.watch(w)
+    train_loss = stateless.loss(w, alphas, train)
+  w_virtual = [a - XI * g for a, g in zip(w, tape.gradient(train_loss, w))]
+  direct = [tf.zeros_like(a) for a in alphas]
+  u = [tf.zeros_like(t) for t in w]
+  for split, c in coefficients.items():
+    with tf.GradientTape() as tape:
+      tape.watch(alphas + w_virtual)
+      loss = stateless.loss(w_virtual, alphas, val if split == "val" else train)
+    grads = tape.gradient(loss, alphas + w_virtual)
+    direct = [d + c * g for d, g in zip(direct, grads[:len(alphas)])]
+    u = [a + c * g for a, g in zip(u, grads[len(alphas):])]
+  eps = 0.01 / np.sqrt(sum(np.sum(t.numpy() ** 2) for t in u))
+  plus = stateless.alpha_grads([a + eps * b for a, b in zip(w, u)], alphas, train)
+  minus = stateless.alpha_grads([a - eps * b for a, b in zip(w, u)], alphas, train)
+  want = [d - XI * (p - m) / (2 * eps) for d, p, m in zip(direct, plus, minus)]
+  assert_close(got, want, rtol=1e-8, atol=1e-12)
 
 
 @pytest.mark.parametrize("second,first,hessian", [
@@ -300,7 +342,8 @@ def test_second_order_gradient_leaves_every_variable_bit_exact(float64):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(hessian="newton"), "Unknown hessian 'newton'; choose one of finite_difference, exact"),
+    (dict(hessian="newton"), "Unknown hessian 'newton'; choose one of finite_difference, "
+                             "finite_difference_combined, exact"),
     (dict(virtual_step="adam"), "Unknown virtual step 'adam'; choose one of optimizer, sgd")])
 def test_unknown_second_order_options_are_refused(kwargs, message):
   with pytest.raises(UserInputError, match=message):
