@@ -224,10 +224,18 @@ def test_exact_second_order_gradient_differentiates_through_the_virtual_step(
   assert relative_error(direct, want) > 1e-2
 
 
-@pytest.mark.parametrize("method,hessian", [
-    ("darts_2nd", "finite_difference"), ("milenas_2nd", "finite_difference"),
-    ("milenas_2nd", "finite_difference_combined")])
-def test_finite_differences_agree_with_exact(float64, method, hessian):
+def count_passes(model):
+  """Records the `wrt` of every gradient pass the model runs, in order."""
+  calls, gradient_pass = [], model.gradient_pass
+  model.gradient_pass = lambda wrt, x, y: calls.append(wrt) or gradient_pass(wrt, x, y)
+  return calls
+
+
+@pytest.mark.parametrize("method,hessian,passes", [
+    ("darts_2nd", "finite_difference", ["weights", "all"] + ["alpha"] * 2),
+    ("milenas_2nd", "finite_difference", ["weights", "all", "all"] + ["alpha"] * 4),
+    ("milenas_2nd", "finite_difference_combined", ["weights", "all", "all"] + ["alpha"] * 2)])
+def test_finite_differences_agree_with_exact(float64, method, hessian, passes):
   """Central differences approach the exact product: truncation O(eps^2), rounding O(u/eps).
 
   The radius is below the scale at which perturbations of this tiny ReLU network
@@ -239,26 +247,22 @@ def test_finite_differences_agree_with_exact(float64, method, hessian):
   exact = model.arch_gradients(_Passes(model, train, val))
   model = tiny_model(method, hessian=hessian)
   model.finite_difference_radius = 1e-6
+  calls = count_passes(model)
   got = model.arch_gradients(_Passes(model, train, val))
+  assert calls == passes
   assert relative_error(got, exact) < 1e-6
 
 
-@pytest.mark.parametrize("hessian,alpha_passes", [
-    ("finite_difference", 4), ("finite_difference_combined", 2)])
-def test_milenas_2nd_finite_differences_per_split_or_along_the_weighted_sum(
-    float64, hessian, alpha_passes):
-  """The combined variant is one central difference along u = sum_s c_s v_s,
-  eps = radius / ||u||, built here from the network's loss as a function of (w, alpha)."""
+def test_combined_finite_difference_is_one_central_difference_along_the_weighted_sum(
+    float64):
+  """u = sum_s c_s v_s, eps = radius / ||u||, built here from the network's loss as a
+  function of (w, alpha)."""
   coefficients = {"val": 1.3, "train": 0.6}
-  model = tiny_model("milenas_2nd", hessian=hessian, virtual_step="sgd",
-                     lambda_val=coefficients["val"], lambda_train=coefficients["train"])
+  model = tiny_model("milenas_2nd", hessian="finite_difference_combined",
+                     virtual_step="sgd", lambda_val=coefficients["val"],
+                     lambda_train=coefficients["train"])
   train, val = batches()
-  calls, gradient_pass = [], model.gradient_pass
-  model.gradient_pass = lambda wrt, x, y: calls.append(wrt) or gradient_pass(wrt, x, y)
   got = model.arch_gradients(_Passes(model, train, val))
-  assert calls == ["weights", "all", "all"] + ["alpha"] * alpha_passes
-  if hessian != "finite_difference_combined":
-    return
 
   net = model.network
   stateless = Stateless(net)
