@@ -106,9 +106,9 @@ class _Passes:
 
   def hessian_vector_products(self, terms):
     model, weights = self._model, self._original_weights()
-    if model.hessian in second_order.COMBINED_HESSIANS:  # Linear in v: one product
-      terms = [(1.0, [tf.add_n([c * v[i] for c, v in terms])  # along the weighted sum.
-                      for i in range(len(weights))])]
+    if model.hessian in second_order.COMBINED_HESSIANS:
+      # H v is linear in v: one product along the weighted sum of the vectors.
+      terms = [(1.0, [tf.add_n([c * v[i] for c, v in terms]) for i in range(len(weights))])]
     if model.hessian == "exact":
       second_order.assign(model.network.weight_variables, weights)
       return model.hessian_vector_product(*self._train, terms[0][1])
