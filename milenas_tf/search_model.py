@@ -16,9 +16,10 @@ pass with respect to alpha and w at w' per split, and the Hessian-vector product
 combined, or one double-backward pass for all splits when exact); see
 `update_rules` and `second_order`.
 
-Each pass is one traced function (loss and gradients with respect to a fixed set
-of variables) called as often as the step needs it: the network is traced once per
-pass kind, not once per call.
+Every pass is a call of one traced function (the loss and its gradients with
+respect to all variables; a call uses the gradients it needs, and the graph
+optimiser prunes the rest): the network is traced once for the step, not once per
+pass.
 
 Under a distribution strategy with several replicas (first-order methods), each
 replica computes its passes on its share of the batch; batch norm uses the
@@ -199,20 +200,32 @@ class SearchModel(keras.Model):
   def gradient_pass(self, wrt: str, x, y):
     """Loss, logits and gradients with respect to "alpha", "weights" or "all".
 
-    One `tf.function` per `wrt`, traced once and called as often as needed; under
-    several replicas, traced inline, with the global-batch gradients.
+    On one device every pass is a call of the same `tf.function`, traced once: it
+    returns the gradients with respect to all variables, a call keeps those `wrt`
+    names, and the graph optimiser drops the computations of the others when it
+    inlines the call (the network is traced once per step function, not once per
+    kind of pass). Under several replicas the pass is traced inline, with the
+    global-batch gradients of the `wrt` variables only (their all-reduces would
+    not be dropped).
     """
-    def loss_and_grads(x, y):
+    def loss_and_grads(x, y, variables):
       with tf.GradientTape() as tape:
         logits = self.network(x, training=True)
         loss = cross_entropy(y, logits)
-      return loss, logits, distribution.global_gradients(tape, loss, self._variables(wrt))
+      return loss, logits, distribution.global_gradients(tape, loss, variables)
 
     if distribution.replicas_in_sync() > 1:
-      return loss_and_grads(x, y)
-    if wrt not in self._pass_functions:
-      self._pass_functions[wrt] = tf.function(loss_and_grads)
-    return self._pass_functions[wrt](x, y)
+      return loss_and_grads(x, y, self._variables(wrt))
+    if "pass" not in self._pass_functions:
+      self._pass_functions["pass"] = tf.function(
+          lambda x, y: loss_and_grads(x, y, self._variables("all")))
+    loss, logits, grads = self._pass_functions["pass"](x, y)
+    num_alpha = len(self.network.arch_variables)
+    if wrt == "alpha":
+      grads = grads[:num_alpha]
+    elif wrt == "weights":
+      grads = grads[num_alpha:]
+    return loss, logits, grads
 
   def hessian_vector_product(self, x, y, vector):
     """grad^2_{alpha,w} L(w, alpha) v on the batch (x, y), by nested tapes; one tf.function."""
