@@ -7,15 +7,16 @@ prints JSON lines.
   python bin/benchmark.py --configs= --train_configs=cifar10,imagenet --devices=1,2
   python bin/benchmark.py --configs=paper --orders=reference --onednn=on,off
   python bin/benchmark.py --configs= --train_configs=cifar10 --remapping=off,on
+  python bin/benchmark.py --configs=small --orders=reference --graph_optimizer=light,full
   python bin/benchmark.py --configs= --serving_configs=cifar10 --serving_batches=1,64
   python bin/benchmark.py --configs=paper --orders=reference \
       --methods=milenas,darts_2nd,milenas_2nd --hessians=finite_difference,exact
 
-Results of the same configuration, order, oneDNN and remapping settings and replica
+Results of the same configuration, order, oneDNN and Grappler settings and replica
 count carry their ratio to `milenas` (`step_s_vs_milenas`, ...) when `milenas` is among
 the methods. Every job runs with oneDNN on (`TF_ENABLE_ONEDNN_OPTS=1`, as the scripts
-do) and Grappler's remapper as the configs' "auto" leaves it unless `--onednn` or
-`--remapping` says otherwise.
+do) and Grappler as the configs' defaults leave it (remapper "auto", optimiser
+"light") unless `--onednn`, `--remapping` or `--graph_optimizer` says otherwise.
 """
 
 import json
@@ -46,6 +47,9 @@ _ONEDNN = flags.DEFINE_list(
 _REMAPPING = flags.DEFINE_list(
     "remapping", ["auto"], "Grappler remapper settings, one job each: auto (off on "
     "CPUs, as the configs), on, off.")
+_GRAPH_OPTIMIZER = flags.DEFINE_list(
+    "graph_optimizer", ["light"], "Grappler optimisation settings, one job each: light "
+    "(one round, no memory optimiser; the configs' default), full (TensorFlow's).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after the first one.")
 _SERVING_CONFIGS = flags.DEFINE_list(
     "serving_configs", [], "Exported-model latency against Keras for these training "
@@ -64,6 +68,7 @@ def main(argv):
   jobs += benchmarks.serving_jobs(_SERVING_CONFIGS.value, _SERVING_BATCHES.value,
                                   _SERVING_SECONDS.value)
   jobs = benchmarks.with_settings(jobs, "remapping", _REMAPPING.value)
+  jobs = benchmarks.with_settings(jobs, "graph_optimizer", _GRAPH_OPTIMIZER.value)
   jobs = benchmarks.with_settings(jobs, "onednn", _ONEDNN.value)
   for result in benchmarks.with_ratios(benchmarks.run(jobs)):
     print(json.dumps(result), flush=True)

@@ -48,8 +48,8 @@ def _peak_memory_mb() -> float:
 
 def search_step(config: str, method: str = "milenas", order: str = "reference",
                 steps: int = 5, grappler: bool = True, inter_op_threads: int = 0,
-                hessian: str | None = None, remapping: str = "auto", devices: int = 1,
-                **overrides) -> dict:
+                hessian: str | None = None, remapping: str = "auto",
+                graph_optimizer: str = "light", devices: int = 1, **overrides) -> dict:
   """Times the search step of one configuration in this process.
 
   Args:
@@ -61,6 +61,7 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
     grappler: run TensorFlow's graph optimiser.
     inter_op_threads: TensorFlow inter-op threads (0: its default).
     remapping: Grappler's op fusion, as the search config's `remapping`.
+    graph_optimizer: Grappler's amount of optimisation, as the config's setting.
     devices: replicas (first-order methods); above 1, `MirroredStrategy` over that
       many logical CPU devices (the global batch is unchanged).
     **overrides: changes to the configuration.
@@ -77,7 +78,8 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
     distribution.split_cpu(devices)
   tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": not grappler})
   tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
-  remapping_on = graph_options.apply_remapping(remapping)  # after: it lists devices
+  # After split_cpu (it lists devices) and the meta-optimizer switch.
+  remapping_on = graph_options.apply(remapping, graph_optimizer)
   spec = {**SEARCH_CONFIGS[config], **overrides}
   shape = (spec["image_size"], spec["image_size"], spec["channels"])
   tf.keras.utils.set_random_seed(0)
@@ -104,6 +106,7 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
       "hessian": hessian, "devices": devices, "replicas": strategy.num_replicas_in_sync,
       **spec, "grappler": grappler, "inter_op_threads": inter_op_threads,
       "remapping": remapping, "remapping_on": remapping_on,
+      "graph_optimizer": graph_optimizer,
       "build_s": round(t0 - imported, 2),
       "first_step_s": round(first_done - imported, 2),
       "first_call_s": round(first_done - t0, 2),
@@ -187,7 +190,8 @@ def _synthetic_info(spec: dict):
 
 
 def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
-               devices: int = 1, remapping: str = "auto", **overrides) -> dict:
+               devices: int = 1, remapping: str = "auto", graph_optimizer: str = "light",
+               **overrides) -> dict:
   """Times the training step of an evaluation network, and its input pipeline.
 
   The step is `TrainModel.train_step` (auxiliary head, drop path 0.2, clipping,
@@ -204,6 +208,7 @@ def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
     devices: replicas; above 1, `MirroredStrategy` over that many logical CPU
       devices (the global batch is unchanged).
     remapping: Grappler's op fusion, as the training config's `remapping`.
+    graph_optimizer: Grappler's amount of optimisation, as the config's setting.
     **overrides: changes to the configuration.
 
   Returns:
@@ -217,7 +222,7 @@ def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
 
   if devices > 1:
     distribution.split_cpu(devices)
-  remapping_on = graph_options.apply_remapping(remapping)  # after: it lists devices
+  remapping_on = graph_options.apply(remapping, graph_optimizer)  # after: it lists devices
   spec = {**TRAIN_CONFIGS[config], **overrides}
   info = _synthetic_info(spec)
   shape, batch = info.image_shape, spec["batch_size"]
@@ -255,6 +260,7 @@ def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
       "benchmark": "train_step", "config": config, "genotype": genotype,
       "devices": devices, "replicas": strategy.num_replicas_in_sync, **spec,
       "remapping": remapping, "remapping_on": remapping_on,
+      "graph_optimizer": graph_optimizer,
       "build_s": round(t0 - imported, 2),
       "first_step_s": round(first_done - imported, 2),
       "first_call_s": round(first_done - t0, 2),
@@ -267,7 +273,8 @@ def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
 
 
 def serving_latency(config: str, batch_size: int = 1, duration_s: float = 20.0,
-                    genotype: str = "DARTS_V2", remapping: str = "auto") -> dict:
+                    genotype: str = "DARTS_V2", remapping: str = "auto",
+                    graph_optimizer: str = "light") -> dict:
   """Latency and throughput of an exported network against its Keras model.
 
   The network of a `TRAIN_CONFIGS` entry (untrained; speed does not depend on the
@@ -283,6 +290,7 @@ def serving_latency(config: str, batch_size: int = 1, duration_s: float = 20.0,
     duration_s: seconds of timed calls per runtime.
     genotype: the cell.
     remapping: Grappler's op fusion, as the training config's `remapping`.
+    graph_optimizer: Grappler's amount of optimisation, as the config's setting.
 
   Returns:
     A JSON-friendly dict: per runtime (`saved_model`, `keras`) the median and 99th
@@ -294,7 +302,7 @@ def serving_latency(config: str, batch_size: int = 1, duration_s: float = 20.0,
   from milenas_tf import export  # pylint: disable=g-import-not-at-top
   from milenas_tf import networks  # pylint: disable=g-import-not-at-top
 
-  remapping_on = graph_options.apply_remapping(remapping)
+  remapping_on = graph_options.apply(remapping, graph_optimizer)
   spec = TRAIN_CONFIGS[config]
   info = _synthetic_info(spec)
   shape = info.image_shape
@@ -327,6 +335,7 @@ def serving_latency(config: str, batch_size: int = 1, duration_s: float = 20.0,
             break
   out = {"benchmark": "serving", "config": config, "genotype": genotype, **spec,
          "batch_size": batch_size, "remapping": remapping, "remapping_on": remapping_on,
+         "graph_optimizer": graph_optimizer,
          "export_s": round(export_s, 2)}
   for name, values in latencies.items():
     p50, p99 = np.percentile(values, [50, 99])
@@ -433,16 +442,16 @@ RATIO_KEYS = ("first_step_s", "step_s", "peak_memory_mb")
 
 def with_ratios(results: Iterable[dict], baseline: str = "milenas") -> Iterator[dict]:
   """Adds `<key>_vs_<baseline>` ratios to results of the baseline's configuration,
-  order, oneDNN and remapping settings and replica count.
+  order, oneDNN and Grappler settings and replica count.
 
   A result gets ratios once the baseline method's result of the same configuration,
-  order, oneDNN and remapping settings and replica count has gone by (jobs list it
+  order, oneDNN and Grappler settings and replica count has gone by (jobs list it
   first when it is asked for).
   """
   base = {}
   for result in results:
     key = (result.get("config"), result.get("order"), result.get("onednn"),
-           result.get("remapping"), result.get("devices"))
+           result.get("remapping"), result.get("graph_optimizer"), result.get("devices"))
     if result.get("method") == baseline and "error" not in result:
       base[key] = result
     if key in base and "error" not in result:
@@ -468,12 +477,13 @@ def with_settings(jobs: Iterable[dict], key: str, settings: Iterable[str]) -> li
 
   Keys: "onednn", one of "on", "off" (`TF_ENABLE_ONEDNN_OPTS` of the child
   process) or "default" (the variable as in this process); "remapping", one of
-  `graph_options.REMAPPING`.
+  `graph_options.REMAPPING`; "graph_optimizer", one of `graph_options.GRAPH_OPTIMIZER`.
 
   Raises:
     UserInputError: for an unknown key or setting.
   """
-  allowed = {"onednn": tuple(ONEDNN_SETTINGS), "remapping": graph_options.REMAPPING}
+  allowed = {"onednn": tuple(ONEDNN_SETTINGS), "remapping": graph_options.REMAPPING,
+             "graph_optimizer": graph_options.GRAPH_OPTIMIZER}
   if key not in allowed:
     raise UserInputError(f"Unknown benchmark setting {key!r}; use one of "
                          f"{', '.join(allowed)}.")
@@ -488,7 +498,8 @@ def with_settings(jobs: Iterable[dict], key: str, settings: Iterable[str]) -> li
 def run(jobs: Iterable[dict], timeout_s: float = 1800) -> Iterator[dict]:
   """Runs each job (kwargs of `search_step`, of `train_step` with
   `benchmark="train_step"` or of `serving_latency` with `benchmark="serving"`, and
-  optionally `onednn` and `remapping` of `with_settings`) in a fresh process.
+  optionally `onednn`, `remapping` and `graph_optimizer` of `with_settings`) in a
+  fresh process.
 
   Yields:
     The result dict of each job, or a dict with an "error" key.

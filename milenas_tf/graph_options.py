@@ -1,4 +1,10 @@
-"""Grappler's op fusion ("remapping") for the search and training functions.
+"""TensorFlow's graph optimiser (Grappler) settings for the search and training functions.
+
+Two settings, applied together by `apply`. They take effect for functions that
+first run after it, called from the thread that called it (as Keras's `fit` calls
+the step functions); the functions compute the same values either way.
+
+Op fusion ("remapping").
 
 TensorFlow's graph optimiser rewrites patterns of ops into fused kernels before a
 function first runs; among them a training-mode batch norm followed by a ReLU
@@ -16,17 +22,30 @@ machine's noise (about 3%), with 140-210 MiB less memory (docs/benchmarks.md).
   own choice and were not measured here);
 - "on", "off".
 
-The setting is process-wide (`tf.config.optimizer`) and takes effect for functions
-that first run after it; the functions compute the same values either way.
+The amount of optimisation (`config.graph_optimizer`). Grappler optimises a
+function's graph when it first runs; for the search step, whose graph holds the
+network's forward and backward pass several times over, that takes most of the
+time to the first step. By default Grappler makes two rounds over the graph and
+runs its memory optimiser. At the small search configuration the `milenas_2nd`
+step (97,607 nodes before optimisation) spent 67 s of a 96 s first call in
+Grappler: 22 s in the second round, which removed 233 of 46,522 nodes, and 13 s in
+the memory optimiser, which added 1,991 (docs/benchmarks.md).
+
+- "light" (the default): one round, no memory optimiser;
+- "full": TensorFlow's defaults.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2
+from tensorflow.core.protobuf import rewriter_config_pb2
+from tensorflow.python.eager import context
 
 from milenas_tf.errors import UserInputError
 
 REMAPPING = ("auto", "on", "off")
+GRAPH_OPTIMIZER = ("light", "full")
 
 
 def resolve(spec: str) -> bool:
@@ -43,13 +62,51 @@ def resolve(spec: str) -> bool:
   return spec == "on"
 
 
-def apply_remapping(spec: str) -> bool:
-  """Sets Grappler's remapper for this process as `spec` says; returns whether it
-  is on.
+def check_graph_optimizer(spec: str) -> str:
+  """Validates a `graph_optimizer` setting.
 
   Raises:
     UserInputError: for an unknown setting.
   """
-  enabled = resolve(spec)
+  if spec not in GRAPH_OPTIMIZER:
+    raise UserInputError(f"Unknown graph_optimizer setting {spec!r}; use one of "
+                         f"{', '.join(GRAPH_OPTIMIZER)}.")
+  return spec
+
+
+def apply(remapping: str = "auto", graph_optimizer: str = "light") -> bool:
+  """Sets Grappler's remapper and amount of optimisation for this thread's function
+  calls (the thread that calls the functions, as Keras's `fit` does).
+
+  Args:
+    remapping: a setting of `REMAPPING`.
+    graph_optimizer: a setting of `GRAPH_OPTIMIZER`.
+
+  Returns:
+    Whether the remapper is on.
+
+  Raises:
+    UserInputError: for an unknown setting.
+  """
+  enabled = resolve(remapping)
+  check_graph_optimizer(graph_optimizer)
+  # Resets this thread's function-call options to those of the context.
   tf.config.optimizer.set_experimental_options({"remapping": enabled})
+  if graph_optimizer == "light":
+    # Neither option is reachable through `tf.config.optimizer`: the call options
+    # of `tf.function` carry the whole ConfigProto.
+    ctx = context.context()
+    proto = config_pb2.ConfigProto.FromString(
+        ctx.function_call_options.config_proto_serialized)
+    rewrite = proto.graph_options.rewrite_options
+    rewrite.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.ONE
+    rewrite.memory_optimization = rewriter_config_pb2.RewriterConfig.NO_MEM_OPT
+    ctx.function_call_options = context.FunctionCallOptions(config_proto=proto)
   return enabled
+
+
+def rewrite_options() -> rewriter_config_pb2.RewriterConfig:
+  """The Grappler options this thread's function calls run with."""
+  proto = config_pb2.ConfigProto.FromString(
+      context.context().function_call_options.config_proto_serialized)
+  return proto.graph_options.rewrite_options

@@ -11,7 +11,8 @@ from milenas_tf.errors import UserInputError
 CONFIG_FILE = "config.json"
 # Keys that may differ between a run and its resumption: where the data comes from and
 # how the same computation runs.
-RESUME_FREE_KEYS = ("data_dir", "data_source", "distribution", "remapping")
+RESUME_FREE_KEYS = ("data_dir", "data_source", "distribution", "remapping",
+                    "graph_optimizer")
 
 
 def check_output_dir(output_dir: str, config: dict, kind: str,

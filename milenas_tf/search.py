@@ -77,6 +77,7 @@ def default_config() -> ml_collections.ConfigDict:
   # Distribution (milenas_tf/distribution.py; first-order methods); batch_size is global.
   config.distribution = "auto"       # auto | default | mirrored | multi_worker | /gpu:0,/gpu:1
   config.remapping = "auto"          # Grappler op fusion: auto (off on CPUs) | on | off
+  config.graph_optimizer = "light"   # Grappler: light (one round, fast first step) | full
   return config
 
 
@@ -136,6 +137,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
   update_rules.check_choice("virtual step", config.virtual_step, second_order.VIRTUAL_STEPS)
   datasets.dataset_info(config.dataset)
   graph_options.resolve(config.remapping)
+  graph_options.check_graph_optimizer(config.graph_optimizer)
   for key in ("epochs", "batch_size", "init_channels", "num_cells"):
     if int(config[key]) < 1:
       raise UserInputError(f"config.{key} must be positive, got {config[key]}.")
@@ -176,7 +178,7 @@ def run_search(config: ml_collections.ConfigDict, output_dir: str, *,
       holding another run.
   """
   _check_config(config)
-  graph_options.apply_remapping(config.remapping)
+  graph_options.apply(config.remapping, config.graph_optimizer)
   strategy = _search_strategy(config)
   resuming = run_directory.check_output_dir(output_dir, config.to_dict(), "search",
                                             defaults=default_config().to_dict())

@@ -82,6 +82,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.base_batch_size = 96         # the batch the learning rate is given for
   config.precision = "auto"           # auto (mixed_float16 on GPUs) | float32 | mixed_float16
   config.remapping = "auto"           # Grappler op fusion: auto (off on CPUs) | on | off
+  config.graph_optimizer = "light"    # Grappler: light (one round, fast first step) | full
   return config
 
 
@@ -339,6 +340,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   distribution.check_spec(config.distribution)
   precision.resolve(config.precision)
   graph_options.resolve(config.remapping)
+  graph_options.check_graph_optimizer(config.graph_optimizer)
   if not 0.0 <= config.label_smoothing < 1.0:
     raise UserInputError(f"config.label_smoothing must be in [0, 1), got "
                          f"{config.label_smoothing}.")
@@ -404,7 +406,7 @@ def run_training(config: ml_collections.ConfigDict, output_dir: str, *,
       holding another run.
   """
   check_config(config)
-  graph_options.apply_remapping(config.remapping)
+  graph_options.apply(config.remapping, config.graph_optimizer)
   strategy = distribution.strategy_for_batch(config.distribution, config.batch_size)
   resuming = run_directory.check_output_dir(output_dir, config.to_dict(), "training",
                                             defaults=default_config().to_dict())

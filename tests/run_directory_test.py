@@ -32,7 +32,7 @@ def test_same_configuration_resumes(tmp_path):
 def test_resume_free_keys_may_differ(tmp_path):
   write_config(tmp_path, DEFAULTS)
   assert check(tmp_path, {**DEFAULTS, "data_dir": "/data", "distribution": "default",
-                          "remapping": "on"})
+                          "remapping": "on", "graph_optimizer": "full"})
 
 
 def test_a_key_the_saved_run_lacks_counts_as_its_default(tmp_path):

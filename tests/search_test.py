@@ -9,11 +9,15 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf import rewriter_config_pb2
 
 from milenas_tf import genotypes
+from milenas_tf import graph_options
 from milenas_tf import search
 from milenas_tf.callbacks import EpochCheckpoint, read_epoch_log
 from milenas_tf.errors import UserInputError
+
+ONE_ROUND = rewriter_config_pb2.RewriterConfig.ONE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,9 +107,11 @@ def test_search_learns_and_moves_alpha(interrupted_then_resumed):
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   events = [f for _, _, files in os.walk(os.path.join(out, "logs")) for f in files]
   assert any(f.startswith("events.out.tfevents") for f in events)
-  # config.remapping "auto": Grappler's remapper off unless a GPU is visible.
+  # config.remapping "auto": Grappler's remapper off unless a GPU is visible;
+  # config.graph_optimizer "light": one round of Grappler.
   assert (tf.config.optimizer.get_experimental_options()["remapping"]
           is bool(tf.config.list_logical_devices("GPU")))
+  assert graph_options.rewrite_options().meta_optimizer_iterations == ONE_ROUND
 
 
 def test_output_dir_of_another_run_is_refused_and_kept(interrupted_then_resumed):
@@ -132,6 +138,7 @@ def test_non_empty_foreign_directory_is_refused(tmp_path):
      "finite_difference_combined, exact"),
     (["--config.dataset=mnist"], "error: Unknown dataset name 'mnist'"),
     (["--config.remapping=yes"], "error: Unknown remapping setting 'yes'"),
+    (["--config.graph_optimizer=none"], "error: Unknown graph_optimizer setting 'none'"),
     (["--config.data_source=idx", "--config.data_dir=/nonexistent"],
      "dataset-fashion-mnist"),
 ])

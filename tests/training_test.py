@@ -10,14 +10,18 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf import rewriter_config_pb2
 
 from milenas_tf import datasets
 from milenas_tf import export
+from milenas_tf import graph_options
 from milenas_tf import networks
 from milenas_tf import optimization
 from milenas_tf import training
 from milenas_tf.callbacks import EpochCheckpoint, read_epoch_log
 from milenas_tf.errors import UserInputError
+
+ONE_ROUND = rewriter_config_pb2.RewriterConfig.ONE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -142,9 +146,11 @@ def test_training_learns_and_resumes(interrupted_then_resumed):
   assert [r["drop_path_rate"] for r in records] == pytest.approx([0.0, 0.1])
   assert records[0]["learning_rate"] == pytest.approx(0.05)
   assert EpochCheckpoint.finished_epochs(os.path.join(out, "checkpoints")) == 2
-  # config.remapping "auto": Grappler's remapper off unless a GPU is visible.
+  # config.remapping "auto": Grappler's remapper off unless a GPU is visible;
+  # config.graph_optimizer "light": one round of Grappler.
   assert (tf.config.optimizer.get_experimental_options()["remapping"]
           is bool(tf.config.list_logical_devices("GPU")))
+  assert graph_options.rewrite_options().meta_optimizer_iterations == ONE_ROUND
   best = max(records, key=lambda r: r["val_top1"])
   assert result.best["epoch"] == best["epoch"]
   assert result.best["value"] == pytest.approx(best["val_top1"])
@@ -193,6 +199,7 @@ def test_another_configuration_is_refused(interrupted_then_resumed):
     ({"base_batch_size": 0}, "base_batch_size must be positive"),
     ({"precision": "float16"}, "Unknown precision"),
     ({"remapping": "yes"}, "Unknown remapping setting 'yes'; use one of auto, on, off"),
+    ({"graph_optimizer": "none"}, "Unknown graph_optimizer setting 'none'"),
     ({"dataset": "svhn"}, "Unknown dataset name 'svhn'"),
 ])
 def test_bad_configuration_is_a_one_line_error(tmp_path, overrides, message):
