@@ -34,20 +34,14 @@ def test_auto_is_off_without_a_gpu_and_on_with_one(restore_options):
   assert tf.config.optimizer.get_experimental_options()["remapping"] is has_gpu
 
 
-def test_light_makes_one_round_without_the_memory_optimizer(restore_options):
-  graph_options.apply("off", "light")
+@pytest.mark.parametrize("spec,rounds,memory", [
+    ("light", RewriterConfig.ONE, RewriterConfig.NO_MEM_OPT),
+    ("full", RewriterConfig.DEFAULT_NUM_ITERS, RewriterConfig.DEFAULT_MEM_OPT)])
+def test_graph_optimizer_reaches_tensorflow(spec, rounds, memory, restore_options):
+  graph_options.apply("off", "full" if spec == "light" else "light")  # the other first
+  graph_options.apply("off", spec)
   options = graph_options.rewrite_options()
-  assert options.meta_optimizer_iterations == RewriterConfig.ONE
-  assert options.memory_optimization == RewriterConfig.NO_MEM_OPT
-  assert options.remapping == RewriterConfig.OFF
-
-
-def test_full_leaves_tensorflows_defaults(restore_options):
-  graph_options.apply("off", "light")
-  graph_options.apply("off", "full")
-  options = graph_options.rewrite_options()
-  assert options.meta_optimizer_iterations == RewriterConfig.DEFAULT_NUM_ITERS
-  assert options.memory_optimization == RewriterConfig.DEFAULT_MEM_OPT
+  assert (options.meta_optimizer_iterations, options.memory_optimization) == (rounds, memory)
   assert options.remapping == RewriterConfig.OFF
 
 
