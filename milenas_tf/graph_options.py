@@ -95,18 +95,21 @@ def apply(remapping: str = "auto", graph_optimizer: str = "light") -> bool:
   if graph_optimizer == "light":
     # Neither option is reachable through `tf.config.optimizer`: the call options
     # of `tf.function` carry the whole ConfigProto.
-    ctx = context.context()
-    proto = config_pb2.ConfigProto.FromString(
-        ctx.function_call_options.config_proto_serialized)
+    proto = _function_call_config()
     rewrite = proto.graph_options.rewrite_options
     rewrite.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.ONE
     rewrite.memory_optimization = rewriter_config_pb2.RewriterConfig.NO_MEM_OPT
-    ctx.function_call_options = context.FunctionCallOptions(config_proto=proto)
+    context.context().function_call_options = context.FunctionCallOptions(
+        config_proto=proto)
   return enabled
 
 
 def rewrite_options() -> rewriter_config_pb2.RewriterConfig:
   """The Grappler options this thread's function calls run with."""
-  proto = config_pb2.ConfigProto.FromString(
+  return _function_call_config().graph_options.rewrite_options
+
+
+def _function_call_config() -> config_pb2.ConfigProto:
+  """A copy of the ConfigProto this thread's `tf.function` calls run with."""
+  return config_pb2.ConfigProto.FromString(
       context.context().function_call_options.config_proto_serialized)
-  return proto.graph_options.rewrite_options
