@@ -64,6 +64,8 @@ class _Passes:
     self._train_alpha, self._val_alpha = train_alpha, None
     self._train_weights = train_weights
     self._weights = self._virtual = None
+    # The weight values the network's variables hold now (None: not known here).
+    self._assigned = None
     self._unrolled = {}
 
   def train_alpha_grads(self):
@@ -82,14 +84,23 @@ class _Passes:
   def xi(self):
     return self._model.virtual_learning_rate()
 
+  def start_at(self, weights):
+    """Declares `weights` (a snapshot of w) as the values the variables hold now."""
+    self._weights = self._assigned = weights
+
   def _original_weights(self):
     if self._weights is None:
-      self._weights = [tf.identity(tf.convert_to_tensor(v))
-                       for v in self._model.network.weight_variables]
+      self.start_at([tf.convert_to_tensor(v) for v in self._model.network.weight_variables])
     return self._weights
 
+  def _move_to(self, weights):
+    # Passes only read w: consecutive passes at the same point share one assignment.
+    if weights is not self._assigned:
+      second_order.assign(self._model.network.weight_variables, weights)
+      self._assigned = weights
+
   def _pass_at(self, weights, wrt, batch):
-    second_order.assign(self._model.network.weight_variables, weights)
+    self._move_to(weights)
     return self._model.gradient_pass(wrt, *batch)[2]
 
   def unrolled_grads(self, split):
@@ -109,17 +120,17 @@ class _Passes:
     model, weights = self._model, self._original_weights()
     if model.hessian in second_order.COMBINED_HESSIANS:
       # H v is linear in v: one product along the weighted sum of the vectors.
-      terms = [(1.0, [tf.add_n([c * v[i] for c, v in terms]) for i in range(len(weights))])]
+      terms = [(1.0, second_order.linear_combination(terms))]
     if model.hessian == "exact":
-      second_order.assign(model.network.weight_variables, weights)
+      self._move_to(weights)
       return model.hessian_vector_product(*self._train, terms[0][1])
     products = [
         second_order.finite_difference_hvp(
             lambda at: self._pass_at(at, "alpha", self._train), weights, v,
             model.finite_difference_radius)
         for _, v in terms]
-    return [tf.add_n([c * p[i] for (c, _), p in zip(terms, products)])
-            for i in range(len(products[0]))]
+    return second_order.linear_combination(
+        [(c, p) for (c, _), p in zip(terms, products)])
 
 
 class SearchModel(keras.Model):
@@ -272,7 +283,9 @@ class SearchModel(keras.Model):
     if not self.second_order:
       return self.rule(passes, lambda_train=self.lambda_train, lambda_val=self.lambda_val)
     network = self.network
-    with second_order.preserved(network.weight_variables + network.non_trainable_variables):
+    weights = network.weight_variables
+    with second_order.preserved(weights + network.non_trainable_variables) as snapshot:
+      passes.start_at(snapshot[:len(weights)])
       grads = self.rule(passes, lambda_train=self.lambda_train, lambda_val=self.lambda_val)
     return grads
 

@@ -61,15 +61,27 @@ def virtual_step(weights: Tensors, grads: Tensors, xi: tf.Tensor, *,
   Returns:
     w', one tensor per weight.
   """
+  weights = [tf.convert_to_tensor(w) for w in weights]
+  # The scalars once per dtype, not once per weight: the step's graph stays small.
+  scalars = {dtype: (tf.cast(-xi, dtype), tf.constant(weight_decay, dtype),
+                     tf.constant(momentum, dtype))
+             for dtype in {w.dtype for w in weights}}
   out = []
   for i, (w, g) in enumerate(zip(weights, grads)):
-    w = tf.convert_to_tensor(w)
-    xi_ = tf.cast(xi, w.dtype)
-    step = -xi_ * (tf.cast(g, w.dtype) + weight_decay * w)
+    neg_xi, decay, momentum_ = scalars[w.dtype]
+    g = tf.cast(g, w.dtype)
+    step = neg_xi * (g + decay * w if weight_decay else g)
     if velocities and momentum:
-      step += momentum * tf.cast(velocities[i], w.dtype)
+      step += momentum_ * tf.cast(velocities[i], w.dtype)
     out.append(w + step)
   return out
+
+
+def linear_combination(terms: Sequence[tuple[float, Tensors]]) -> list[tf.Tensor]:
+  """sum_i c_i v_i, tensor by tensor, for terms (c_i, v_i); no product where c_i is 1."""
+  scaled = [[t if c == 1 else c * t for t in v] for c, v in terms]
+  return [tensors[0] if len(tensors) == 1 else tf.add_n(list(tensors))
+          for tensors in zip(*scaled)]
 
 
 def global_norm(tensors: Tensors) -> tf.Tensor:
@@ -98,8 +110,9 @@ def finite_difference_hvp(alpha_grads_at: Callable[[Tensors], Tensors],
   norm = global_norm(vector)
   # v = 0 gives a zero product; the guard keeps eps finite.
   eps = radius / tf.maximum(norm, tf.constant(1e-12, norm.dtype))
-  plus = alpha_grads_at([w + tf.cast(eps, w.dtype) * v for w, v in zip(weights, vector)])
-  minus = alpha_grads_at([w - tf.cast(eps, w.dtype) * v for w, v in zip(weights, vector)])
+  steps = [tf.cast(eps, v.dtype) * v for v in vector]
+  plus = alpha_grads_at([w + step for w, step in zip(weights, steps)])
+  minus = alpha_grads_at([w - step for w, step in zip(weights, steps)])
   return [(p - m) / tf.cast(2.0 * eps, p.dtype) for p, m in zip(plus, minus)]
 
 
@@ -145,7 +158,7 @@ def preserved(variables: Sequence) -> Iterator[list[tf.Tensor]]:
   Yields:
     The snapshot, one tensor per variable.
   """
-  snapshot = [tf.identity(tf.convert_to_tensor(v)) for v in variables]
+  snapshot = [tf.convert_to_tensor(v) for v in variables]
   try:
     yield snapshot
   finally:

@@ -105,6 +105,18 @@ def relative_error(got, want):
 # Pure functions.
 
 
+def test_linear_combination_matches_numpy():
+  rng = np.random.default_rng(5)
+  u, v = ([tf.constant(rng.normal(size=(2, 3))), tf.constant(rng.normal(size=(4,)))]
+          for _ in range(2))
+  got = second_order.linear_combination([(1.0, u), (-0.3, v)])
+  for g, a, b in zip(got, u, v):
+    np.testing.assert_allclose(g.numpy(), a.numpy() - 0.3 * b.numpy(), rtol=1e-12)
+  alone = second_order.linear_combination([(2.0, u)])
+  np.testing.assert_allclose(alone[1].numpy(), 2.0 * u[1].numpy(), rtol=1e-12)
+  assert second_order.linear_combination([(1.0, u)])[0] is u[0]
+
+
 def test_finite_difference_hvp_error_is_the_central_difference_term():
   """f = sum(alpha * w^3): exact H v = 3 w^2 v; central differences add eps^2 v^3."""
   w = [tf.constant([0.5, -1.0, 2.0], tf.float64)]
