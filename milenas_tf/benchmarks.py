@@ -113,7 +113,16 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
       "step_s": round(step, 3),
       "images_per_s": round(spec["batch_size"] / step, 2),
       "peak_memory_mb": round(_peak_memory_mb(), 1),
+      "graph_ops": _traced_ops(model.train_step, next(iter(data))) if devices == 1 else None,
   }
+
+
+def _traced_ops(function, *args) -> int:
+  """Ops of `function` traced on `args` and of every function it calls, each counted
+  once, before graph optimisation (the size of what Python builds and Grappler takes)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  graph_def = tf.function(function).get_concrete_function(*args).graph.as_graph_def()
+  return len(graph_def.node) + sum(len(f.node_def) for f in graph_def.library.function)
 
 
 def _logical_cpus(count: int) -> str:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
 
 from milenas_tf import benchmarks
 from milenas_tf.errors import UserInputError
@@ -31,6 +32,15 @@ def test_prints_the_figures_of_each_configuration():
   assert result["first_step_s"] > result["step_s"] > 0
   assert result["images_per_s"] == pytest.approx(8 / result["step_s"], rel=1e-2)
   assert result["peak_memory_mb"] > 100  # a process holding TensorFlow
+  assert result["graph_ops"] > 1000  # a search network, its gradients and the updates
+
+
+def test_traced_ops_counts_each_called_function_once():
+  inner = tf.function(lambda x: tf.nn.relu(x) * 2.0)
+  ops = benchmarks._traced_ops(lambda x: inner(inner(x)) + 1.0, tf.ones([3]))
+  # Outer: placeholder, two calls, constant, add, identity; inner (traced once; its
+  # argument is part of its signature): relu, constant, mul, identity.
+  assert ops == 6 + 4
 
 
 def test_unknown_configuration_is_refused_before_running():
