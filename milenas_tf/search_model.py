@@ -90,7 +90,9 @@ class _Passes:
 
   def _original_weights(self):
     if self._weights is None:
-      self.start_at([tf.convert_to_tensor(v) for v in self._model.network.weight_variables])
+      raise RuntimeError(
+          "Second-order passes need the snapshot of w that restores the variables: "
+          "call them through SearchModel.arch_gradients, which calls start_at.")
     return self._weights
 
   def _move_to(self, weights):

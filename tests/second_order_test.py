@@ -324,6 +324,16 @@ def test_optimizer_virtual_step_is_the_next_unclipped_optimizer_step(float64):
   assert_close(w_virtual, values(weights), rtol=1e-7, atol=1e-7)
 
 
+def test_second_order_passes_refuse_to_run_without_the_restoring_snapshot(float64):
+  model = tiny_model("milenas_2nd")
+  train, val = batches()
+  before = [v.numpy().copy() for v in model.network.variables]
+  with pytest.raises(RuntimeError, match="through SearchModel.arch_gradients"):
+    model.rule(_Passes(model, train, val), lambda_train=1.0, lambda_val=1.0)
+  for v, b in zip(model.network.variables, before):
+    np.testing.assert_array_equal(v.numpy(), b)
+
+
 # Graph mode, float32, as the search runs.
 
 
