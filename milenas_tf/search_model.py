@@ -19,7 +19,8 @@ combined, or one double-backward pass for all splits when exact); see
 Every pass is a call of one traced function (the loss and its gradients with
 respect to all variables; a call uses the gradients it needs, and the graph
 optimiser prunes the rest): the network is traced once for the step, not once per
-pass.
+pass. The passes run one after the other, each once the previous one's gradients
+exist, so that the step's peak memory is that of its largest pass (`_after`).
 
 Under a distribution strategy with several replicas (first-order methods), each
 replica computes its passes on its share of the batch; batch norm uses the
@@ -49,8 +50,31 @@ def cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
       tf.cast(labels, tf.int32), logits))
 
 
+def _after(tensors, x: tf.Tensor) -> tf.Tensor:
+  """`x`, available only once every tensor of `tensors` has been computed.
+
+  Two passes of a step that do not consume each other's results would overlap:
+  the executor would run one's forward pass during the other's backward pass, and
+  both passes' activations would be live at once (one and a half to two times the
+  memory of one pass). A control dependency on the previous pass's results does
+  not prevent it: once the pass's function call is inlined, such a dependency
+  waits only for the function's stateful ops (batch norm's moving-statistics
+  updates, done by the end of the forward pass). `IdentityN` consumes the results
+  themselves, so the pass that reads `x` starts after the previous one ended.
+  """
+  tensors = [t for t in tensors if t is not None]
+  if not tensors or tf.executing_eagerly():
+    return x
+  done = tf.raw_ops.IdentityN(input=tensors)
+  with tf.control_dependencies([done[0].op]):
+    return tf.identity(x)
+
+
 class _Passes:
   """Alpha gradients of one step, each computed once and only when asked for.
+
+  The passes run one after the other (`_after`): the step's peak memory is that
+  of its largest pass.
 
   For the second-order methods (`update_rules.SecondOrderPasses`) it also
   evaluates passes at the virtual weights w' and at w +/- eps v by assigning them
@@ -59,23 +83,30 @@ class _Passes:
   """
 
   def __init__(self, model: "SearchModel", train_batch, val_batch, train_alpha=None,
-               train_weights=None):
+               train_weights=None, previous=()):
     self._model, self._train, self._val = model, train_batch, val_batch
     self._train_alpha, self._val_alpha = train_alpha, None
     self._train_weights = train_weights
+    # The results of the step's latest pass: the next pass waits for them.
+    self._latest = list(previous)
     self._weights = self._virtual = None
     # The weight values the network's variables hold now (None: not known here).
     self._assigned = None
     self._unrolled = {}
 
+  def _gradient_pass(self, wrt, batch):
+    x, y = batch
+    self._latest = self._model.gradient_pass(wrt, _after(self._latest, x), y)[2]
+    return self._latest
+
   def train_alpha_grads(self):
     if self._train_alpha is None:
-      self._train_alpha = self._model.gradient_pass("alpha", *self._train)[2]
+      self._train_alpha = self._gradient_pass("alpha", self._train)
     return self._train_alpha
 
   def val_alpha_grads(self):
     if self._val_alpha is None:
-      self._val_alpha = self._model.gradient_pass("alpha", *self._val)[2]
+      self._val_alpha = self._gradient_pass("alpha", self._val)
     return self._val_alpha
 
   # Second order.
@@ -103,7 +134,7 @@ class _Passes:
 
   def _pass_at(self, weights, wrt, batch):
     self._move_to(weights)
-    return self._model.gradient_pass(wrt, *batch)[2]
+    return self._gradient_pass(wrt, batch)
 
   def unrolled_grads(self, split):
     if split not in self._unrolled:
@@ -125,7 +156,9 @@ class _Passes:
       terms = [(1.0, second_order.linear_combination(terms))]
     if model.hessian == "exact":
       self._move_to(weights)
-      return model.hessian_vector_product(*self._train, terms[0][1])
+      x, y = self._train
+      self._latest = model.hessian_vector_product(_after(self._latest, x), y, terms[0][1])
+      return self._latest
     products = [
         second_order.finite_difference_hvp(
             lambda at: self._pass_at(at, "alpha", self._train), weights, v,
@@ -297,7 +330,8 @@ class SearchModel(keras.Model):
     if self.order == "fused":
       loss, logits, grads = self.gradient_pass("all", x_train, y_train)
       passes = _Passes(self, (x_train, y_train), (x_val, y_val),
-                       train_alpha=grads[:num_alpha], train_weights=grads[num_alpha:])
+                       train_alpha=grads[:num_alpha], train_weights=grads[num_alpha:],
+                       previous=grads)
       self.apply_arch_gradients(self.arch_gradients(passes))
       self.apply_weight_gradients(grads[num_alpha:])
     else:
