@@ -122,6 +122,9 @@ def serving_functions(network: keras.Model, info: datasets.DatasetInfo, top_k: i
   class_names = tf.constant(info.class_names, tf.string)
 
   def outputs(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+    # A served graph does not check its inputs' shapes, and some kernels (oneDNN's
+    # convolution) abort the process on a wrong rank instead of returning an error.
+    pixels = tf.ensure_shape(pixels, (None,) + tuple(info.image_shape))
     logits = network(datasets.normalize_images(pixels, info), training=False)
     probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
     classes = tf.math.top_k(probabilities, k).indices

@@ -40,6 +40,18 @@ np.savez(out, pixels=pixels["probabilities"].numpy(), bytes=from_bytes["probabil
          classes=pixels["classes"].numpy(), names=pixels["class_names"].numpy())
 """
 
+WRONG_RANK = """
+import sys
+sys.modules["milenas_tf"] = None
+sys.modules["keras"] = None
+import tensorflow as tf
+serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+try:
+  serve(images=tf.zeros((28, 28, 1), tf.uint8))
+except tf.errors.InvalidArgumentError as error:
+  print("rejected by EnsureShape:", "EnsureShape" in str(error))
+"""
+
 
 def _randomize_statistics(network, seed=0):
   """Moving means and variances far from their initial values, so that inference-mode
@@ -186,6 +198,16 @@ def test_malformed_inputs_raise_and_the_model_keeps_working(fmnist_export, fmnis
         image_bytes=tf.constant([b"\xff\xd8\xff\xe0 not a jpeg"]))
   out = pixels(images=tf.constant(fmnist[:2]))
   assert out["probabilities"].shape == (2, 10)
+
+
+def test_wrong_rank_request_is_an_error_not_a_crash_with_onednn(fmnist_export, tmp_path):
+  # oneDNN's convolution aborts the process on a rank-3 input; the signature checks first.
+  path = fmnist_export[2].path
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "1"}
+  proc = subprocess.run([sys.executable, "-c", WRONG_RANK, path], env=env, cwd=str(tmp_path),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "rejected by EnsureShape: True" in proc.stdout
 
 
 def test_versions_increase_and_are_never_replaced(fmnist_export):
