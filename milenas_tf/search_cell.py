@@ -12,7 +12,8 @@ the k edges on the channel axis:
   softmax weight on each edge is the scale of the branch's last (otherwise
   affine-free) batch norm, so weighting costs no extra pass over the data;
 - the pools and their affine-free batch norms once (no weights, and the same
-  batch on every edge);
+  batch on every edge); each edge adds them, and the identity, times its own
+  scalar op weights;
 - `none` is skipped: it adds zeros (its weight still enters the softmax).
 
 The function is exactly the per-edge one of `operations.py` with the same
@@ -152,23 +153,23 @@ class MixedOps(keras.layers.Layer):
                            tf.reshape(reduced_b, shape + [k, half])], axis=-1)
       branches.append(ops.batch_norm(tf.reshape(reduced, shape + [k * c]), *self.reduce_bn,
                                      training, gamma=edge_scale(_COL["skip_connect"])))
-    shape = _spatial_shape(branches[0]) + [k, c]
-    terms = [tf.reshape(y, shape) for y in branches]
+    edges = tf.split(tf.add_n(branches), k, axis=-1)
 
     # Pools and their affine-free BN see the same batch on every edge: shared.
     pools = tf.concat([ops.max_pool(x, s), ops.avg_pool(x, s)], axis=-1)
     pools = ops.batch_norm(pools, *self.pool_bn, training)
     weights = tf.cast(weights, x.dtype)
-    # split and expand_dims rather than slicing: their gradients are one concat and a
-    # reshape, where each slice's gradient would be a zero-filled full-size tensor.
+    # split rather than slices: its gradient is one concat, where each slice's would
+    # be a zero-filled full-size tensor.
     max_pool, avg_pool = tf.split(pools, 2, axis=-1)
     shared = [(max_pool, "max_pool_3x3"), (avg_pool, "avg_pool_3x3")]
     if s == 1:
       shared.append((x, "skip_connect"))
-    for y, name in shared:
-      terms.append(tf.expand_dims(y, -2) * weights[:, _COL[name], None])
-    out = tf.add_n(terms)
-    return tf.unstack(out, axis=-2)
+    # Each edge adds the shared terms scaled by its own (scalar) weights: the
+    # gradient of a scalar weight is a full reduction, which is several times
+    # faster than reducing an (edge, channel) broadcast over all but one axis.
+    return [tf.add_n([edge] + [y * weights[e, _COL[name]] for y, name in shared])
+            for e, edge in enumerate(edges)]
 
   def get_config(self):
     return {**super().get_config(), "num_edges": self.num_edges,
