@@ -8,7 +8,7 @@ the k edges on the channel axis:
 - one ReLU for every conv branch and reduction, repeated once per edge (a 1x1
   conv with a 0/1 kernel) for the first stage of the conv branches;
 - per conv branch and stage, one depthwise conv (channel multiplier 1: the
-  edges as channel multipliers ran 2-3x slower forward), one 1x1 conv with a
+  edges as channel multipliers ran 2-2.6x slower forward), one 1x1 conv with a
   block-diagonal kernel (a separate C x C kernel per edge) and one fused batch
   norm over the k*C channels; the op's
   softmax weight on each edge is the scale of the branch's last (otherwise
