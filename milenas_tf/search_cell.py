@@ -130,12 +130,12 @@ class MixedOps(keras.layers.Layer):
     def edge_scale(col):  # An op's weight on each edge, as a (edge, channel) BN scale.
       return tf.repeat(weights[:, col], c)
 
-    # The weighted sum over ops is folded into the last batch norm of every
-    # parametric branch: w * BN(y) is BN(y) with scale w (the BN has no affine terms).
     # Every stage-0 conv reads the input once per edge: repeated per channel, the
     # (channel, edge) order of a depthwise conv with the edges as multipliers.
     repeated = tf.nn.conv2d(relu, tf.constant(np.repeat(np.eye(c), k, axis=1)[None, None],
                                               relu.dtype), 1, "VALID") if k > 1 else relu
+    # The weighted sum over ops is folded into the last batch norm of every
+    # parametric branch: w * BN(y) is BN(y) with scale w (the BN has no affine terms).
     branches = []
     for (name, _, pad, dil), col in zip(CONV_BRANCHES, _CONV_COLS):
       y = repeated
