@@ -5,12 +5,10 @@ A mixed op computes `sum_o softmax(alpha)_o * o(x)` over the eight primitives
 `MixedOps` computes the mixed ops of all of them at once, in tensors that stack
 the k edges on the channel axis:
 
-- one ReLU for every conv branch and reduction, repeated once per edge (a 1x1
-  conv with a 0/1 kernel) for the first stage of the conv branches;
-- per conv branch and stage, one depthwise conv (channel multiplier 1: the
-  edges as channel multipliers ran 2-2.6x slower forward), one 1x1 conv with a
-  block-diagonal kernel (a separate C x C kernel per edge) and one fused batch
-  norm over the k*C channels; the op's
+- one ReLU for every conv branch and reduction;
+- per conv branch and stage, one depthwise conv (the edges as channel
+  multipliers), one 1x1 conv with a block-diagonal kernel (a separate C x C
+  kernel per edge) and one fused batch norm over the k*C channels; the op's
   softmax weight on each edge is the scale of the branch's last (otherwise
   affine-free) batch norm, so weighting costs no extra pass over the data;
 - the pools and their affine-free batch norms once (no weights, and the same
@@ -100,10 +98,9 @@ class MixedOps(keras.layers.Layer):
               self.add_weight(shape=(size,), initializer="ones", trainable=False,
                               name=f"{name}_moving_variance", autocast=False))
 
-    # Stage 0 of every branch: per channel and edge, (ks, ks, C, k) (the layout of
-    # a depthwise conv with the edges as channel multipliers; applied to the input
-    # repeated per edge); stage 1 (separable convs only): per channel of the
-    # stacked (edge, channel) tensor, (ks, ks, k*C, 1). Pointwise: (k, C, C).
+    # Stage 0 of every branch: a depthwise conv with the k edges as channel
+    # multipliers, (ks, ks, C, k); stage 1 (separable convs only): per channel of
+    # the stacked (edge, channel) tensor, (ks, ks, k*C, 1). Pointwise: (k, C, C).
     self.depthwise, self.pointwise, self.bn = {}, {}, {}
     for name, ks, _, _ in CONV_BRANCHES:
       for stage in range(2 if name.startswith("sep") else 1):
@@ -130,24 +127,17 @@ class MixedOps(keras.layers.Layer):
     def edge_scale(col):  # An op's weight on each edge, as a (edge, channel) BN scale.
       return tf.repeat(weights[:, col], c)
 
-    # Every stage-0 conv reads the input once per edge: repeated per channel, the
-    # (channel, edge) order of a depthwise conv with the edges as multipliers.
-    repeated = tf.nn.conv2d(relu, tf.constant(np.repeat(np.eye(c), k, axis=1)[None, None],
-                                              relu.dtype), 1, "VALID") if k > 1 else relu
     # The weighted sum over ops is folded into the last batch norm of every
     # parametric branch: w * BN(y) is BN(y) with scale w (the BN has no affine terms).
     branches = []
     for (name, _, pad, dil), col in zip(CONV_BRANCHES, _CONV_COLS):
-      y = repeated
+      y = relu
       stages = 2 if name.startswith("sep") else 1
       for stage in range(stages):
         key = (name, stage)
         if stage:
           y = tf.nn.relu(y)
-        kernel = self.depthwise[key]
-        if stage == 0:
-          kernel = tf.reshape(kernel, kernel.shape[:2] + (k * c, 1))
-        y = ops.depthwise_conv(y, kernel, s if stage == 0 else 1, pad,
+        y = ops.depthwise_conv(y, self.depthwise[key], s if stage == 0 else 1, pad,
                                dil if stage == 0 else 1)
         kernel = block_diagonal_pointwise(self.pointwise[key], channel_major=stage == 0)
         y = tf.nn.conv2d(y, tf.cast(kernel, y.dtype), 1, "VALID")
