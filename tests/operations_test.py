@@ -224,12 +224,15 @@ def test_stride_two_is_not_tf_same_padding():
   assert not np.allclose(ours.numpy(), same.numpy())
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])  # fused kernel; by definition
-def test_batch_norm_running_statistics_follow_pytorch(dtype):
+# float32: the fused kernel (without affine terms, under the closed-form second
+# derivative); float64: by definition.
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batch_norm_running_statistics_follow_pytorch(dtype, affine):
   policy = keras.config.dtype_policy()
   keras.config.set_dtype_policy(dtype)
   try:
-    bn = ops.BatchNorm(affine=True)
+    bn = ops.BatchNorm(affine=affine)
   finally:
     keras.config.set_dtype_policy(policy)
   x = np.random.default_rng(2).normal(2.0, 3.0, size=(4, 5, 5, 3)).astype(dtype)
@@ -244,6 +247,24 @@ def test_batch_norm_running_statistics_follow_pytorch(dtype):
   inference = bn(tf.constant(x), training=False).numpy()
   want = (x - bn.moving_mean.numpy()) / np.sqrt(bn.moving_variance.numpy() + EPS)
   np.testing.assert_allclose(inference, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_affine_free_batch_norm_derivatives_in_float32(traced):
+  """The fused float32 path's first and second derivatives against the float64
+  definition (in training: batch statistics), eagerly and inside a tf.function."""
+  x = np.random.default_rng(3).normal(1.0, 2.0, size=(3, 5, 5, 4))
+
+  def batch_norm(dtype):
+    moving_mean = keras.Variable(np.zeros(4), dtype=dtype)
+    moving_variance = keras.Variable(np.ones(4), dtype=dtype)
+    f = lambda x: ops.batch_norm(x, moving_mean, moving_variance, training=True)
+    return tf.function(f) if traced else f
+
+  got = value_and_derivatives(batch_norm("float32"), x.astype(np.float32))
+  want = value_and_derivatives(batch_norm("float64"), x)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_layers_serialise():
