@@ -198,9 +198,10 @@ def batch_norm(x: tf.Tensor, moving_mean: keras.Variable,
     return _batch_norm_synchronized(x, moving_mean, moving_variance, gamma, beta)
   if x.dtype == tf.float64:
     return _batch_norm_float64(x, moving_mean, moving_variance, training, gamma, beta)
-  if training and gamma is None and beta is None and x.dtype == tf.float32:
-    y, mean, variance = _affine_free_batch_norm(
-        x, tf.convert_to_tensor(moving_mean), tf.convert_to_tensor(moving_variance))
+  if training and beta is None and x.dtype == tf.float32:
+    scale = tf.ones([channels], tf.float32) if gamma is None else tf.cast(gamma, tf.float32)
+    y, mean, variance = _offset_free_batch_norm(
+        x, scale, tf.convert_to_tensor(moving_mean), tf.convert_to_tensor(moving_variance))
     moving_mean.assign(mean)
     moving_variance.assign(variance)
     return y
@@ -218,19 +219,21 @@ def batch_norm(x: tf.Tensor, moving_mean: keras.Variable,
 
 
 @tf.custom_gradient
-def _affine_free_batch_norm(x: tf.Tensor, moving_mean: tf.Tensor,
+def _offset_free_batch_norm(x: tf.Tensor, scale: tf.Tensor, moving_mean: tf.Tensor,
                             moving_variance: tf.Tensor):
-  """Training-mode fused batch norm without scale and offset, twice differentiable fast.
+  """Training-mode fused batch norm without offset, with fast second derivatives.
 
-  The value and the input gradient are the fused kernels' (FusedBatchNormV3 and
-  its gradient op). What changes is the derivative of that gradient, which the
-  exact Hessian-vector product of second-order search takes: TensorFlow's registered
-  one rebuilds the gradient from about twenty elementwise ops and differentiates
-  them (at the paper configuration, a third of the double-backward pass's time);
-  `_batch_norm_input_gradient` gives it in closed form.
+  The value and the gradients are the fused kernels' (FusedBatchNormV3 and its
+  gradient op). What changes is the derivative of those gradients, which the exact
+  Hessian-vector product of second-order search takes: TensorFlow's registered one
+  rebuilds the gradients from about twenty elementwise ops and differentiates them
+  (at the paper configuration, a third of the double-backward pass's time);
+  `_batch_norm_gradients` gives it in closed form.
 
   Args:
     x: NHWC float32 input.
+    scale: the per-channel scale gamma, `(C,)` (the search cells fold the
+      architecture weights into it).
     moving_mean: the running mean, `(C,)`.
     moving_variance: the running variance, `(C,)`.
 
@@ -238,65 +241,75 @@ def _affine_free_batch_norm(x: tf.Tensor, moving_mean: tf.Tensor,
     The normalised tensor and the updated running mean and variance (no gradient
     flows through these two), and the gradient function.
   """
-  channels = x.shape[-1]
   y, mean, variance, saved_mean, saved_variance, reserve = tf.raw_ops.FusedBatchNormV3(
-      x=x, scale=tf.ones([channels], x.dtype), offset=tf.zeros([channels], x.dtype),
-      mean=moving_mean, variance=moving_variance, epsilon=BN_EPSILON,
+      x=x, scale=scale, offset=tf.zeros_like(scale), mean=moving_mean,
+      variance=moving_variance, epsilon=BN_EPSILON,
       exponential_avg_factor=1.0 - BN_MOMENTUM, is_training=True)
 
   def grad(dy, *unused_statistics_grads):
     # Through identities, the nested function closes over tensors of the graph it is
     # called in: a tape outside a tf.function differentiates that graph, not this one.
-    dx = _batch_norm_input_gradient(
-        dy, *(tf.identity(t) for t in (x, saved_mean, saved_variance, reserve)))
-    return dx, None, None
+    dx, dscale = _batch_norm_gradients(
+        dy, *(tf.identity(t) for t in (x, scale, saved_mean, saved_variance, reserve)))
+    return dx, dscale, None, None
 
   return (y, mean, variance), grad
 
 
 @tf.custom_gradient
-def _batch_norm_input_gradient(dy: tf.Tensor, x: tf.Tensor, saved_mean: tf.Tensor,
-                               saved_variance: tf.Tensor, reserve: tf.Tensor):
-  """dx of an affine-free training batch norm, with its own derivatives in closed form.
+def _batch_norm_gradients(dy: tf.Tensor, x: tf.Tensor, scale: tf.Tensor,
+                          saved_mean: tf.Tensor, saved_variance: tf.Tensor,
+                          reserve: tf.Tensor):
+  """Input and scale gradients of a training batch norm, with derivatives in closed form.
 
-  Per channel, with means <.> over the batch and both spatial axes, sigma^2 the
-  biased batch variance plus epsilon and y = (x - <x>) / sigma the normalised
-  input, the gradient is
+  Per channel, with means <.> over the batch and both spatial axes (n elements),
+  sigma^2 the biased batch variance plus epsilon, y = (x - <x>) / sigma the
+  normalised input and g = dy, the gradients are
 
-      F(g, x) = (g - <g> - y <g y>) / sigma                  (g = dy).
+      dx = gamma F(g),  F(g) = (g - <g> - y <g y>) / sigma,      dgamma = n <g y>.
 
-  F is linear in g and symmetric ({1, y} is orthonormal under <.>), so the
-  derivative of <h, F> with respect to g is F(h, x); with respect to x it is
+  F is linear in g and symmetric ({1, y} is orthonormal under <.>). For upstream
+  gradients h (of dx) and k (of dgamma), with a = <h y>, b = <g y> and
+  c = <g h> - <g><h> - a b, the derivatives of <h, dx> + k dgamma are
 
-      -(a (g - <g>) + b (h - <h>) + (c - 2 a b) y) / sigma^2,
-      a = <h y>,  b = <g y>,  c = <g h> - <g><h> - a b.
+      d/dg     = gamma F(h) + k y,
+      d/dx     = -gamma (a (g - <g>) + b (h - <h>) + (c - 2 a b) y) / sigma^2 + k F(g),
+      d/dgamma = n c / sigma.
 
   Args:
     dy: the output gradient g.
     x: the batch norm's input.
+    scale: gamma.
     saved_mean, saved_variance, reserve: the forward op's reserve spaces.
 
   Returns:
-    F(g, x), and the gradient function (gradients for dy and x).
+    dx and dgamma, and the gradient function.
   """
-  def input_gradient(upstream):
+  def gradients(upstream):
     return tf.raw_ops.FusedBatchNormGradV3(
-        y_backprop=upstream, x=x, scale=tf.ones([x.shape[-1]], x.dtype),
-        reserve_space_1=saved_mean, reserve_space_2=saved_variance,
-        reserve_space_3=reserve, epsilon=BN_EPSILON, is_training=True)[0]
+        y_backprop=upstream, x=x, scale=scale, reserve_space_1=saved_mean,
+        reserve_space_2=saved_variance, reserve_space_3=reserve, epsilon=BN_EPSILON,
+        is_training=True)[:2]
 
-  def grad(h):
+  def grad(h, k):
     axes = [0, 1, 2]
     centred = x - tf.reduce_mean(x, axes)
-    inv_variance = 1.0 / (tf.reduce_mean(tf.square(centred), axes) + BN_EPSILON)
-    y = centred * tf.sqrt(inv_variance)
+    inv_sigma = tf.math.rsqrt(tf.reduce_mean(tf.square(centred), axes) + BN_EPSILON)
+    y = centred * inv_sigma
     g_mean, h_mean = tf.reduce_mean(dy, axes), tf.reduce_mean(h, axes)
     a, b = tf.reduce_mean(h * y, axes), tf.reduce_mean(dy * y, axes)
     c = tf.reduce_mean(dy * h, axes) - g_mean * h_mean - a * b
-    dx = -inv_variance * (a * (dy - g_mean) + b * (h - h_mean) + (c - 2.0 * a * b) * y)
-    return input_gradient(h), dx, None, None, None
+    d_dy = gradients(h)[0]
+    d_x = (-scale * tf.square(inv_sigma)) * (
+        a * (dy - g_mean) + b * (h - h_mean) + (c - 2.0 * a * b) * y)
+    count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), x.dtype)
+    d_scale = count * c * inv_sigma
+    if k is not None:
+      d_dy += k * y
+      d_x += (k * inv_sigma) * (dy - g_mean - b * y)
+    return d_dy, d_x, d_scale, None, None, None
 
-  return input_gradient(dy), grad
+  return gradients(dy), grad
 
 
 _SYNC_BATCH_NORM = [True]

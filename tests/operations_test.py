@@ -224,8 +224,8 @@ def test_stride_two_is_not_tf_same_padding():
   assert not np.allclose(ours.numpy(), same.numpy())
 
 
-# float32: the fused kernel (without affine terms, under the closed-form second
-# derivative); float64: by definition.
+# float32: the fused kernel (without offset, under closed-form second derivatives);
+# float64: by definition.
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_batch_norm_running_statistics_follow_pytorch(dtype, affine):
@@ -249,20 +249,26 @@ def test_batch_norm_running_statistics_follow_pytorch(dtype, affine):
   np.testing.assert_allclose(inference, want, atol=1e-4)
 
 
+@pytest.mark.parametrize("scaled", [False, True])
 @pytest.mark.parametrize("traced", [False, True])
-def test_affine_free_batch_norm_derivatives_in_float32(traced):
-  """The fused float32 path's first and second derivatives against the float64
-  definition (in training: batch statistics), eagerly and inside a tf.function."""
-  x = np.random.default_rng(3).normal(1.0, 2.0, size=(3, 5, 5, 4))
+def test_batch_norm_derivatives_in_float32(traced, scaled):
+  """The fused float32 path's first and second derivatives (with respect to the input
+  and, when given, the scale) against the float64 definition, with batch statistics,
+  eagerly and inside a tf.function."""
+  rng = np.random.default_rng(3)
+  x = rng.normal(1.0, 2.0, size=(3, 5, 5, 4))
+  gamma = rng.normal(1.0, 0.5, size=4)
 
   def batch_norm(dtype):
     moving_mean = keras.Variable(np.zeros(4), dtype=dtype)
     moving_variance = keras.Variable(np.ones(4), dtype=dtype)
-    f = lambda x: ops.batch_norm(x, moving_mean, moving_variance, training=True)
+    f = lambda x, *gamma: ops.batch_norm(x, moving_mean, moving_variance, training=True,
+                                         gamma=gamma[0] if gamma else None)
     return tf.function(f) if traced else f
 
-  got = value_and_derivatives(batch_norm("float32"), x.astype(np.float32))
-  want = value_and_derivatives(batch_norm("float64"), x)
+  args = (x, gamma) if scaled else (x,)
+  got = value_and_derivatives(batch_norm("float32"), *(a.astype(np.float32) for a in args))
+  want = value_and_derivatives(batch_norm("float64"), *args)
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
