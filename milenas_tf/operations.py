@@ -200,18 +200,15 @@ def batch_norm(x: tf.Tensor, moving_mean: keras.Variable,
   if x.dtype == tf.float64:
     return _batch_norm_float64(x, moving_mean, moving_variance, training, gamma, beta)
   scale = tf.ones([channels], tf.float32) if gamma is None else tf.cast(gamma, tf.float32)
+  moving = tf.convert_to_tensor(moving_mean), tf.convert_to_tensor(moving_variance)
   if training and beta is None and x.dtype == tf.float32:
-    y, mean, variance = _offset_free_batch_norm(
-        x, scale, tf.convert_to_tensor(moving_mean), tf.convert_to_tensor(moving_variance))
-    moving_mean.assign(mean)
-    moving_variance.assign(variance)
-    return y
-  offset = tf.zeros([channels], tf.float32) if beta is None else tf.cast(beta, tf.float32)
-  y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-      x=x, scale=scale, offset=offset, mean=tf.convert_to_tensor(moving_mean),
-      variance=tf.convert_to_tensor(moving_variance), epsilon=BN_EPSILON,
-      exponential_avg_factor=1.0 - BN_MOMENTUM if training else 1.0,
-      is_training=training)
+    y, mean, variance = _offset_free_batch_norm(x, scale, *moving)
+  else:
+    offset = tf.zeros([channels], tf.float32) if beta is None else tf.cast(beta, tf.float32)
+    y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+        x=x, scale=scale, offset=offset, mean=moving[0], variance=moving[1],
+        epsilon=BN_EPSILON, exponential_avg_factor=1.0 - BN_MOMENTUM if training else 1.0,
+        is_training=training)
   if training:
     moving_mean.assign(mean)
     moving_variance.assign(variance)
@@ -293,6 +290,8 @@ def _batch_norm_gradients(dy: tf.Tensor, x: tf.Tensor, scale: tf.Tensor,
         is_training=True)[:2]
 
   def grad(h, k):
+    # The statistics from x, not the reserve spaces, whose meaning depends on the
+    # device (with cuDNN the second holds the inverted variance, per the op's docs).
     axes = [0, 1, 2]
     centred = x - tf.reduce_mean(x, axes)
     inv_sigma = tf.math.rsqrt(tf.reduce_mean(tf.square(centred), axes) + BN_EPSILON)
