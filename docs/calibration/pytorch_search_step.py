@@ -33,7 +33,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-CONFIGS = {"paper": (16, 8, 64), "small": (8, 5, 32)}  # C, cells, batch.
+# C, cells, batch (32x32x3 inputs): milenas_tf.benchmarks.SEARCH_CONFIGS's paper and
+# small entries, written out because this script runs without TensorFlow.
+CONFIGS = {"paper": (16, 8, 64), "small": (8, 5, 32)}
 
 
 class DilConv(nn.Sequential):
