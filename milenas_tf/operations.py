@@ -199,11 +199,13 @@ def batch_norm(x: tf.Tensor, moving_mean: keras.Variable,
     return _batch_norm_synchronized(x, moving_mean, moving_variance, gamma, beta)
   if x.dtype == tf.float64:
     return _batch_norm_float64(x, moving_mean, moving_variance, training, gamma, beta)
-  scale = tf.ones([channels], tf.float32) if gamma is None else tf.cast(gamma, tf.float32)
+  scale = None if gamma is None else tf.cast(gamma, tf.float32)
   moving = tf.convert_to_tensor(moving_mean), tf.convert_to_tensor(moving_variance)
   if training and beta is None and x.dtype == tf.float32:
     y, mean, variance = _offset_free_batch_norm(x, scale, *moving)
   else:
+    if scale is None:
+      scale = tf.ones([channels], tf.float32)
     offset = tf.zeros([channels], tf.float32) if beta is None else tf.cast(beta, tf.float32)
     y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
         x=x, scale=scale, offset=offset, mean=moving[0], variance=moving[1],
@@ -215,8 +217,7 @@ def batch_norm(x: tf.Tensor, moving_mean: keras.Variable,
   return y
 
 
-@tf.custom_gradient
-def _offset_free_batch_norm(x: tf.Tensor, scale: tf.Tensor, moving_mean: tf.Tensor,
+def _offset_free_batch_norm(x: tf.Tensor, scale: tf.Tensor | None, moving_mean: tf.Tensor,
                             moving_variance: tf.Tensor):
   """Training-mode fused batch norm without offset, with fast second derivatives.
 
@@ -228,36 +229,54 @@ def _offset_free_batch_norm(x: tf.Tensor, scale: tf.Tensor, moving_mean: tf.Tens
   fifth of the exact product's peak memory); `_batch_norm_gradients` gives it in
   closed form.
 
+  A gradient tape asks a `tf.custom_gradient` function for the gradient of each of
+  its results and (in a graph) of each of its arguments, and builds zeros for those
+  no one consumed. So only what needs a gradient goes in or out: the running
+  statistics are read from the closure and returned beside the function, and an
+  affine-free batch norm (`scale` None) has no scale argument at all.
+
   Args:
     x: NHWC float32 input.
     scale: the per-channel scale gamma, `(C,)` (the search cells fold the
-      architecture weights into it).
+      architecture weights into it), or None for ones.
     moving_mean: the running mean, `(C,)`.
     moving_variance: the running variance, `(C,)`.
 
   Returns:
     The normalised tensor and the updated running mean and variance (no gradient
-    flows through these two), and the gradient function.
+    flows through these two).
   """
-  y, mean, variance, saved_mean, saved_variance, reserve = tf.raw_ops.FusedBatchNormV3(
-      x=x, scale=scale, offset=tf.zeros_like(scale), mean=moving_mean,
-      variance=moving_variance, epsilon=BN_EPSILON,
-      exponential_avg_factor=1.0 - BN_MOMENTUM, is_training=True)
+  channels = x.shape[-1]
+  statistics = []
 
-  def grad(dy, *unused_statistics_grads):
-    # Through identities, the nested function closes over tensors of the graph it is
-    # called in: a tape outside a tf.function differentiates that graph, not this one.
-    dx, dscale = _batch_norm_gradients(
-        dy, *(tf.identity(t) for t in (x, scale, saved_mean, saved_variance, reserve)))
-    return dx, dscale, None, None
+  def normalise(x, scale):
+    y, mean, variance, *saved = tf.raw_ops.FusedBatchNormV3(
+        x=x, scale=scale, offset=tf.zeros([channels], tf.float32), mean=moving_mean,
+        variance=moving_variance, epsilon=BN_EPSILON,
+        exponential_avg_factor=1.0 - BN_MOMENTUM, is_training=True)
+    statistics.extend([mean, variance])
+    # Through identities, the nested functions close over tensors of the graph they
+    # are called in: a tape outside a tf.function differentiates that graph.
+    return y, lambda: [tf.identity(t) for t in (x, scale, *saved)]
 
-  return (y, mean, variance), grad
+  if scale is None:
+    @tf.custom_gradient
+    def unscaled(x):
+      y, inputs = normalise(x, tf.ones([channels], tf.float32))
+      return y, lambda dy: _batch_norm_gradients(dy, *inputs(), scaled=False)[0]
+    y = unscaled(x)
+  else:
+    @tf.custom_gradient
+    def scaled(x, scale):
+      y, inputs = normalise(x, scale)
+      return y, lambda dy: _batch_norm_gradients(dy, *inputs(), scaled=True)
+    y = scaled(x, scale)
+  return (y, *statistics)
 
 
-@tf.custom_gradient
 def _batch_norm_gradients(dy: tf.Tensor, x: tf.Tensor, scale: tf.Tensor,
                           saved_mean: tf.Tensor, saved_variance: tf.Tensor,
-                          reserve: tf.Tensor):
+                          reserve: tf.Tensor, scaled: bool) -> tuple:
   """Input and scale gradients of a training batch norm, with derivatives in closed form.
 
   Per channel, with means <.> over the batch and both spatial axes (n elements),
@@ -279,17 +298,19 @@ def _batch_norm_gradients(dy: tf.Tensor, x: tf.Tensor, scale: tf.Tensor,
     x: the batch norm's input.
     scale: gamma.
     saved_mean, saved_variance, reserve: the forward op's reserve spaces.
+    scaled: whether gamma is a variable (else a constant: no dgamma, and no
+      derivatives with respect to it).
 
   Returns:
-    dx and dgamma, and the gradient function.
+    dx and dgamma (None when not `scaled`).
   """
-  def gradients(upstream):
+  def gradients(upstream, x, scale, saved):
     return tf.raw_ops.FusedBatchNormGradV3(
-        y_backprop=upstream, x=x, scale=scale, reserve_space_1=saved_mean,
-        reserve_space_2=saved_variance, reserve_space_3=reserve, epsilon=BN_EPSILON,
+        y_backprop=upstream, x=x, scale=scale, reserve_space_1=saved[0],
+        reserve_space_2=saved[1], reserve_space_3=saved[2], epsilon=BN_EPSILON,
         is_training=True)[:2]
 
-  def grad(h, k):
+  def derivatives(h, k, dy, x, scale, saved):
     # The statistics from x, not the reserve spaces, whose meaning depends on the
     # device (with cuDNN the second holds the inverted variance, per the op's docs).
     axes = [0, 1, 2]
@@ -299,17 +320,39 @@ def _batch_norm_gradients(dy: tf.Tensor, x: tf.Tensor, scale: tf.Tensor,
     g_mean, h_mean = tf.reduce_mean(dy, axes), tf.reduce_mean(h, axes)
     a, b = tf.reduce_mean(h * y, axes), tf.reduce_mean(dy * y, axes)
     c = tf.reduce_mean(dy * h, axes) - g_mean * h_mean - a * b
-    d_dy = gradients(h)[0]
+    d_dy = gradients(h, x, scale, saved)[0]
     d_x = (-scale * tf.square(inv_sigma)) * (
         a * (dy - g_mean) + b * (h - h_mean) + (c - 2.0 * a * b) * y)
-    count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), x.dtype)
-    d_scale = count * c * inv_sigma
+    if not scaled:
+      return d_dy, d_x, None, None, None
+    d_scale = _count(x) * c * inv_sigma
     if k is not None:
       d_dy += k * y
       d_x += (k * inv_sigma) * (dy - g_mean - b * y)
     return d_dy, d_x, d_scale, None, None, None
 
-  return gradients(dy), grad
+  # A constant gamma is no argument: no dgamma, and no zeros for its gradient. The
+  # reserve spaces are arguments: the decorator looks for variables between a
+  # function's arguments and its results, and would walk the whole graph behind them.
+  if scaled:
+    @tf.custom_gradient
+    def with_scale(dy, x, scale, *saved):
+      return gradients(dy, x, scale, saved), lambda h, k: derivatives(
+          h, k, dy, x, scale, saved)
+    return with_scale(dy, x, scale, saved_mean, saved_variance, reserve)
+
+  @tf.custom_gradient
+  def input_only(dy, x, *saved):
+    return gradients(dy, x, scale, saved)[0], lambda h: derivatives(
+        h, None, dy, x, scale, saved)
+  return input_only(dy, x, saved_mean, saved_variance, reserve), None
+
+
+def _count(x: tf.Tensor) -> tf.Tensor:
+  """Elements per channel of an NHWC tensor (static when the shape is known)."""
+  if x.shape[:3].is_fully_defined():
+    return tf.constant(float(x.shape[:3].num_elements()), x.dtype)
+  return tf.cast(tf.reduce_prod(tf.shape(x)[:3]), x.dtype)
 
 
 _SYNC_BATCH_NORM = [True]
