@@ -123,9 +123,12 @@ class MixedOps(keras.layers.Layer):
   def call(self, x, weights, training=False):
     s, c, k = self.strides, self.channels, self.num_edges
     relu = tf.nn.relu(x)
-
-    def edge_scale(col):  # An op's weight on each edge, as a (edge, channel) BN scale.
-      return tf.repeat(weights[:, col], c)
+    # The weights taken apart by one op each (an unstack's gradient is one stack,
+    # where every slice would add its own ops to each derivative of the step):
+    # edge_scales[o] is op o's weight on each edge as an (edge, channel) BN scale
+    # (batch norm takes it in float32), op_weights[o] its weight on each edge.
+    edge_scales = tf.unstack(tf.repeat(weights, c, axis=0), axis=1)
+    op_weights = tf.unstack(tf.cast(weights, x.dtype), axis=1)
 
     # The weighted sum over ops is folded into the last batch norm of every
     # parametric branch: w * BN(y) is BN(y) with scale w (the BN has no affine terms).
@@ -142,7 +145,7 @@ class MixedOps(keras.layers.Layer):
         kernel = block_diagonal_pointwise(self.pointwise[key], channel_major=stage == 0)
         y = tf.nn.conv2d(y, tf.cast(kernel, y.dtype), 1, "VALID")
         y = ops.batch_norm(y, *self.bn[key], training,
-                           gamma=edge_scale(col) if stage == stages - 1 else None)
+                           gamma=edge_scales[col] if stage == stages - 1 else None)
       branches.append(y)
     if s > 1:  # skip_connect is a FactorizedReduce per edge; the edges share the input.
       half = c // 2
@@ -152,13 +155,12 @@ class MixedOps(keras.layers.Layer):
       reduced = tf.concat([tf.reshape(reduced_a, shape + [k, half]),
                            tf.reshape(reduced_b, shape + [k, half])], axis=-1)
       branches.append(ops.batch_norm(tf.reshape(reduced, shape + [k * c]), *self.reduce_bn,
-                                     training, gamma=edge_scale(_COL["skip_connect"])))
+                                     training, gamma=edge_scales[_COL["skip_connect"]]))
     edges = tf.split(tf.add_n(branches), k, axis=-1)
 
     # Pools and their affine-free BN see the same batch on every edge: shared.
     pools = tf.concat([ops.max_pool(x, s), ops.avg_pool(x, s)], axis=-1)
     pools = ops.batch_norm(pools, *self.pool_bn, training)
-    weights = tf.cast(weights, x.dtype)
     # split rather than slices: its gradient is one concat, where each slice's would
     # be a zero-filled full-size tensor.
     max_pool, avg_pool = tf.split(pools, 2, axis=-1)
@@ -168,7 +170,8 @@ class MixedOps(keras.layers.Layer):
     # Each edge adds the shared terms scaled by its own (scalar) weights: the
     # gradient of a scalar weight is a full reduction, which is several times
     # faster than reducing an (edge, channel) broadcast over all but one axis.
-    return [tf.add_n([edge] + [y * weights[e, _COL[name]] for y, name in shared])
+    scalars = [tf.unstack(op_weights[_COL[name]]) for _, name in shared]
+    return [tf.add_n([edge] + [y * w[e] for (y, _), w in zip(shared, scalars)])
             for e, edge in enumerate(edges)]
 
   def get_config(self):
