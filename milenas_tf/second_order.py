@@ -135,9 +135,12 @@ def exact_hvp(loss_fn: Callable[[], tf.Tensor], weights: Sequence, alphas: Seque
       inner.watch(_tf_variables(weights))
       loss = loss_fn()
     grads = inner.gradient(loss, weights)
-    dot = tf.add_n([tf.reduce_sum(g * tf.cast(v, g.dtype))
-                    for g, v in zip(grads, vector) if g is not None])
-  return outer.gradient(dot, alphas, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  # grad_alpha <g, v> is the backward pass from g with v as g's output gradient: no
+  # products and sums to build and differentiate, one pair per weight.
+  connected = [(g, tf.cast(v, g.dtype)) for g, v in zip(grads, vector) if g is not None]
+  return outer.gradient([g for g, _ in connected], alphas,
+                        output_gradients=[v for _, v in connected],
+                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
 def _tf_variables(variables: Sequence) -> list:
