@@ -249,28 +249,25 @@ def _offset_free_batch_norm(x: tf.Tensor, scale: tf.Tensor | None, moving_mean: 
   channels = x.shape[-1]
   statistics = []
 
-  def normalise(x, scale):
+  @tf.custom_gradient
+  def normalise(x, *gamma):
+    scale = gamma[0] if gamma else tf.ones([channels], tf.float32)
     y, mean, variance, *saved = tf.raw_ops.FusedBatchNormV3(
         x=x, scale=scale, offset=tf.zeros([channels], tf.float32), mean=moving_mean,
         variance=moving_variance, epsilon=BN_EPSILON,
         exponential_avg_factor=1.0 - BN_MOMENTUM, is_training=True)
     statistics.extend([mean, variance])
-    # Through identities, the nested functions close over tensors of the graph they
-    # are called in: a tape outside a tf.function differentiates that graph.
-    return y, lambda: [tf.identity(t) for t in (x, scale, *saved)]
 
-  if scale is None:
-    @tf.custom_gradient
-    def unscaled(x):
-      y, inputs = normalise(x, tf.ones([channels], tf.float32))
-      return y, lambda dy: _batch_norm_gradients(dy, *inputs(), scaled=False)[0]
-    y = unscaled(x)
-  else:
-    @tf.custom_gradient
-    def scaled(x, scale):
-      y, inputs = normalise(x, scale)
-      return y, lambda dy: _batch_norm_gradients(dy, *inputs(), scaled=True)
-    y = scaled(x, scale)
+    def grad(dy):
+      # Through identities, the nested functions close over tensors of the graph they
+      # are called in: a tape outside a tf.function differentiates that graph.
+      dx, dscale = _batch_norm_gradients(
+          dy, *(tf.identity(t) for t in (x, scale, *saved)), scaled=bool(gamma))
+      return (dx, dscale) if gamma else dx
+
+    return y, grad
+
+  y = normalise(x) if scale is None else normalise(x, scale)
   return (y, *statistics)
 
 
@@ -383,7 +380,7 @@ def _batch_norm_synchronized(x, moving_mean, moving_variance, gamma, beta):
   """
   context = tf.distribute.get_replica_context()
   x32 = tf.cast(x, tf.float32)
-  count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
+  count = _count(x32)
   local_mean = tf.reduce_mean(x32, axis=[0, 1, 2])
   local_m2 = tf.reduce_sum(tf.square(x32 - local_mean), axis=[0, 1, 2])
   local = tf.stack([tf.fill(tf.shape(local_mean), count), local_mean, local_m2])
@@ -417,7 +414,7 @@ def _batch_norm_float64(x, moving_mean, moving_variance, training, gamma, beta):
     # Not tf.nn.moments: its stop_gradient on the mean makes second derivatives wrong.
     mean = tf.reduce_mean(x, axis=[0, 1, 2])
     variance = tf.reduce_mean(tf.square(x - mean), axis=[0, 1, 2])
-    count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), x.dtype)
+    count = _count(x)
     _update_moving_statistics(moving_mean, moving_variance, mean, variance, count)
   else:
     mean = tf.cast(moving_mean, x.dtype)
