@@ -94,18 +94,47 @@ class SearchNetwork(keras.Model):
     return [v for v in self.trainable_variables if id(v) not in arch]
 
   def call(self, x, training=False):
+    return self.head(self.cells_forward(self.stem(x, training), training=training))
+
+  def stem(self, x: tf.Tensor, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+    """The stem: the (s0, s1) inputs of the first cell (both the stem's output)."""
     x = tf.nn.conv2d(x, tf.cast(self.stem_kernel, x.dtype), 1,
                      [[0, 0], [1, 1], [1, 1], [0, 0]])
-    s0 = s1 = self.stem_bn(x, training=training)
+    x = self.stem_bn(x, training=training)
+    return x, x
+
+  def cells_forward(self, states, start: int = 0, stop: int | None = None,
+                    training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+    """Cells `start` to `stop` (exclusive) from the inputs (s0, s1) of cell `start`.
+
+    Returns:
+      The inputs (s0, s1) of cell `stop`: the outputs of the last two cells run
+      (or the states passed in, where fewer ran).
+    """
+    s0, s1 = states
     weights_normal = tf.nn.softmax(self.alphas_normal)
     weights_reduce = tf.nn.softmax(self.alphas_reduce)
-    for cell in self.cells:
+    for cell in self.cells[start:stop]:
       weights = weights_reduce if cell.reduction else weights_normal
       s0, s1 = s1, cell([s0, s1], weights, training=training)
+    return s0, s1
+
+  def head(self, states) -> tf.Tensor:
+    """Global average pooling and the classifier, from the last cell's states."""
+    s1 = states[1]
     pooled = tf.reduce_mean(s1, axis=[1, 2])
     logits = tf.matmul(pooled, tf.cast(self.classifier_kernel, pooled.dtype))
     logits = logits + tf.cast(self.classifier_bias, logits.dtype)
     return logits if logits.dtype == tf.float64 else tf.cast(logits, tf.float32)
+
+  def segment_weights(self, cells: int) -> tuple[list, list]:
+    """The weights w of the stem and the first `cells` cells, and the others."""
+    first = {id(v) for layer in [self.stem_bn, *self.cells[:cells]]
+             for v in layer.trainable_variables}
+    first.add(id(self.stem_kernel))
+    weights = self.weight_variables
+    return ([v for v in weights if id(v) in first],
+            [v for v in weights if id(v) not in first])
 
   def genotype(self) -> genotypes.Genotype:
     """The discrete cell derived from the current alpha (DARTS's rule)."""
