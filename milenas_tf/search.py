@@ -60,6 +60,8 @@ def default_config() -> ml_collections.ConfigDict:
   # Second-order methods only (see milenas_tf/second_order.py).
   # finite_difference (the papers') | finite_difference_combined (one central difference
   # for both splits of milenas_2nd: 2 passes instead of 4) | exact (nested tapes)
+  # | exact_recompute (exact, in two segments: less memory, one more pass through the
+  # cells before the first reduction)
   config.hessian = "finite_difference"
   config.virtual_step = "optimizer"  # optimizer (momentum + decay, reference code) | sgd
   config.lambda_train = 1.0          # weight of grad_alpha L_train (reference code's lambda)

@@ -20,7 +20,8 @@ Every pass is a call of one traced function (the loss and its gradients with
 respect to all variables; a call uses the gradients it needs, and the graph
 optimiser prunes the rest): the network is traced once for the step, not once per
 pass. The passes run one after the other, each once the previous one's gradients
-exist, so that the step's peak memory is that of its largest pass (`_after`).
+exist, so that the step's peak memory is that of its largest pass
+(`second_order.run_after`).
 
 Under a distribution strategy with several replicas (first-order methods), each
 replica computes its passes on its share of the batch; batch norm uses the
@@ -50,31 +51,11 @@ def cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
       tf.cast(labels, tf.int32), logits))
 
 
-def _after(tensors, x: tf.Tensor) -> tf.Tensor:
-  """`x`, available only once every tensor of `tensors` has been computed.
-
-  Two passes of a step that do not consume each other's results would overlap:
-  the executor would run one's forward pass during the other's backward pass, and
-  both passes' activations would be live at once (1.2 to 1.8 times the peak memory
-  of one pass, as measured). A control dependency on the previous pass's results does
-  not prevent it: once the pass's function call is inlined, such a dependency
-  waits only for the function's stateful ops (batch norm's moving-statistics
-  updates, done by the end of the forward pass). `IdentityN` consumes the results
-  themselves, so the pass that reads `x` starts after the previous one ended.
-  """
-  tensors = [t for t in tensors if t is not None]
-  if not tensors or tf.executing_eagerly():
-    return x
-  done = tf.raw_ops.IdentityN(input=tensors)
-  with tf.control_dependencies([done[0].op]):
-    return tf.identity(x)
-
-
 class _Passes:
   """Alpha gradients of one step, each computed once and only when asked for.
 
-  The passes run one after the other (`_after`): the step's peak memory is that
-  of its largest pass.
+  The passes run one after the other (`second_order.run_after`): the step's peak
+  memory is that of its largest pass.
 
   For the second-order methods (`update_rules.SecondOrderPasses`) it also
   evaluates passes at the virtual weights w' and at w +/- eps v by assigning them
@@ -96,7 +77,8 @@ class _Passes:
 
   def _gradient_pass(self, wrt, batch):
     x, y = batch
-    self._latest = self._model.gradient_pass(wrt, _after(self._latest, x), y)[2]
+    x = second_order.run_after(self._latest, x)
+    self._latest = self._model.gradient_pass(wrt, x, y)[2]
     return self._latest
 
   def train_alpha_grads(self):
@@ -154,10 +136,11 @@ class _Passes:
     if model.hessian in second_order.COMBINED_HESSIANS:
       # H v is linear in v: one product along the weighted sum of the vectors.
       terms = [(1.0, second_order.linear_combination(terms))]
-    if model.hessian == "exact":
+    if model.hessian in second_order.EXACT_HESSIANS:
       self._move_to(weights)
       x, y = self._train
-      self._latest = model.hessian_vector_product(_after(self._latest, x), y, terms[0][1])
+      x = second_order.run_after(self._latest, x)
+      self._latest = model.hessian_vector_product(x, y, terms[0][1])
       return self._latest
     products = [
         second_order.finite_difference_hvp(
@@ -182,7 +165,8 @@ class SearchModel(keras.Model):
     grad_clip: global-norm clip of grad_w (None or 0: no clipping).
     hessian: second-order methods: "finite_difference" (the papers'),
       "finite_difference_combined" (one central difference for both splits of
-      `milenas_2nd`) or "exact" (nested tapes); see `second_order`.
+      `milenas_2nd`), "exact" (nested tapes) or "exact_recompute" (the exact
+      product in two segments, for less memory); see `second_order`.
     virtual_step: second-order methods: "optimizer" (w' is the w optimiser's next
       step with momentum and coupled decay, unclipped, as the reference code) or
       "sgd" (the papers' w - xi grad_w L_tr).
@@ -274,12 +258,31 @@ class SearchModel(keras.Model):
     return loss, logits, grads
 
   def hessian_vector_product(self, x, y, vector):
-    """grad^2_{alpha,w} L(w, alpha) v on the batch (x, y), by nested tapes; one tf.function."""
+    """grad^2_{alpha,w} L(w, alpha) v on the batch (x, y), by nested tapes; one tf.function.
+
+    With `hessian="exact_recompute"` the network is cut after the cells before the
+    first reduction (the stem and those cells hold the most activations per unit
+    of compute) and `second_order.segmented_exact_hvp` differentiates each part in
+    turn.
+    """
     if "hvp" not in self._pass_functions:
+      network = self.network
+
       def hvp(x, y, vector):
-        return second_order.exact_hvp(
-            lambda: cross_entropy(y, self.network(x, training=True)),
-            self.network.weight_variables, self.network.arch_variables, vector)
+        if self.hessian == "exact":
+          return second_order.exact_hvp(
+              lambda: cross_entropy(y, network(x, training=True)),
+              network.weight_variables, network.arch_variables, vector)
+        cells = network.reduction_indices[0]
+        weights = network.segment_weights(cells)
+        index = {id(w): i for i, w in enumerate(network.weight_variables)}
+        parts = tuple([vector[index[id(w)]] for w in part] for part in weights)
+        return second_order.segmented_exact_hvp(
+            lambda x: network.cells_forward(network.stem(x, True), 0, cells, True),
+            lambda h: cross_entropy(
+                y, network.head(network.cells_forward(h, cells, None, True))),
+            x, weights, network.arch_variables, parts)
+
       self._pass_functions["hvp"] = tf.function(hvp)
     return self._pass_functions["hvp"](x, y, vector)
 

@@ -6,18 +6,22 @@ derivative of the training loss along a vector v of the shape of w:
 
     H v = grad^2_{alpha, w} L_tr(w, alpha) v = grad_alpha <grad_w L_tr(w, alpha), v>.
 
-Two ways to compute it:
+Three ways to compute it:
 
 - `finite_difference_hvp` (the papers'): central differences of grad_alpha L_tr at
   w+ = w + eps v and w- = w - eps v, eps = radius / ||v||; two passes, error O(eps^2).
 - `exact_hvp`: the gradient of <grad_w L_tr, v> with respect to alpha by nested
   gradient tapes; one double-backward pass, exact to rounding.
+- `segmented_exact_hvp`: the same product with the network cut in two, each
+  part's double backward in turn: less memory, one more pass through the first part.
 
 `HESSIANS` names the choices of the search step: "finite_difference" (one central
 difference per vector, as the seed's formula for MiLeNAS-2nd, with its own eps for
 each split), "finite_difference_combined" (H v is linear in v: one central
 difference along the weighted sum of the vectors, two passes instead of four for
-MiLeNAS-2nd, with eps taken from the sum's norm) and "exact" (always along the sum).
+MiLeNAS-2nd, with eps taken from the sum's norm), "exact" (always along the sum)
+and "exact_recompute" (the exact product, segmented after the cells before the first
+reduction).
 
 The functions are pure over tensors and variables: the caller evaluates passes at
 other weights by assigning them (`assign`) inside `preserved`, which puts every
@@ -31,9 +35,10 @@ from typing import Callable, Iterator, Sequence
 
 import tensorflow as tf
 
-HESSIANS = ("finite_difference", "finite_difference_combined", "exact")
+HESSIANS = ("finite_difference", "finite_difference_combined", "exact", "exact_recompute")
 # The products formed once along the weighted sum of the vectors.
-COMBINED_HESSIANS = ("finite_difference_combined", "exact")
+COMBINED_HESSIANS = ("finite_difference_combined", "exact", "exact_recompute")
+EXACT_HESSIANS = ("exact", "exact_recompute")
 VIRTUAL_STEPS = ("optimizer", "sgd")
 
 Tensors = Sequence[tf.Tensor]
@@ -141,6 +146,108 @@ def exact_hvp(loss_fn: Callable[[], tf.Tensor], weights: Sequence, alphas: Seque
   return outer.gradient([g for g, _ in connected], alphas,
                         output_gradients=[v for _, v in connected],
                         unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+def segmented_exact_hvp(first: Callable[[tf.Tensor], Tensors],
+                        second: Callable[[Tensors], tf.Tensor], inputs: tf.Tensor,
+                        weights: tuple[Sequence, Sequence], alphas: Sequence,
+                        vector: tuple[Tensors, Tensors]) -> list[tf.Tensor]:
+  """`exact_hvp` of a network cut in two, holding one part's passes at a time.
+
+  The loss is L = second(h; w2, alpha) of the boundary h = first(inputs; w1, alpha).
+  With dh = grad_h L, grad_w1 L = J1^T dh (J1 = dh/dw1) and so
+
+      <grad_w L, v> = <grad_w2 L, v2> + <dh, J1 v1>.
+
+  The product is the sum of three backward passes, each through one part:
+
+  1. hdot = J1 v1, the derivative of <J1^T u, v1> with respect to u (a backward
+     pass through the first part's backward pass, linear in u);
+  2. through the second part, from grad_w2 L (output gradient v2) and dh (hdot):
+     its alpha gradient and hbar, the gradient with respect to h;
+  3. through the first part, from J1^T dh (output gradient v1) and h (hbar).
+
+  Each pass starts once the one before has ended (`run_after`), so the double
+  backward of each part holds that part's activations and backward pass only
+  (`exact_hvp` holds both parts' at once). The first part's forward pass runs
+  twice.
+
+  Args:
+    first: computes the boundary tensors h from `inputs` and the variables.
+    second: computes the loss from h and the variables.
+    inputs: the input batch.
+    weights: (w1, w2), the variables read by `first` and by `second`.
+    alphas: the variables alpha (read by both).
+    vector: (v1, v2), v split as the weights are.
+
+  Returns:
+    The product, one tensor per alpha.
+  """
+  (w1, w2), (v1, v2) = weights, vector
+  w1, w2, alpha_vars = _tf_variables(w1), _tf_variables(w2), _tf_variables(alphas)
+  num_alpha = len(alphas)
+
+  def connected(tensors, grads):
+    pairs = [(t, tf.cast(g, t.dtype)) for t, g in zip(tensors, grads)
+             if t is not None and g is not None]
+    return [t for t, _ in pairs], [g for _, g in pairs]
+
+  # 1. hdot = J1 v1 (and h).
+  with tf.GradientTape(watch_accessed_variables=False) as transpose:
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+      tape.watch(w1)
+      h = list(first(inputs))
+    u = [tf.zeros_like(t) for t in h]
+    transpose.watch(u)
+    grads = tape.gradient(h, w1, output_gradients=u)
+  targets, output_gradients = connected(grads, v1)
+  hdot = transpose.gradient(targets, u, output_gradients=output_gradients,
+                            unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  h = [tf.stop_gradient(run_after(hdot, t)) for t in h]
+
+  # 2. The second part: its alpha gradient, and hbar.
+  with tf.GradientTape(watch_accessed_variables=False) as outer:
+    outer.watch(alpha_vars + h)
+    with tf.GradientTape(watch_accessed_variables=False) as inner:
+      inner.watch(w2 + h)
+      loss = second(h)
+    grads = inner.gradient(loss, w2 + h)
+  dh = [tf.stop_gradient(g) for g in grads[len(w2):]]
+  targets, output_gradients = connected(grads, list(v2) + hdot)
+  grads = outer.gradient(targets, alpha_vars + h, output_gradients=output_gradients,
+                         unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  second_part, hbar = grads[:num_alpha], grads[num_alpha:]
+
+  # 3. The first part, from J1^T dh and h.
+  with tf.GradientTape(watch_accessed_variables=False) as outer:
+    outer.watch(alpha_vars)
+    with tf.GradientTape(watch_accessed_variables=False) as inner:
+      inner.watch(w1)
+      h = list(first(run_after(grads, inputs)))
+    grads = inner.gradient(h, w1, output_gradients=dh)
+  targets, output_gradients = connected(list(grads) + h, list(v1) + hbar)
+  first_part = outer.gradient(targets, alpha_vars, output_gradients=output_gradients,
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  return [a + b for a, b in zip(first_part, second_part)]
+
+
+def run_after(tensors: Tensors, x: tf.Tensor) -> tf.Tensor:
+  """`x`, available only once every tensor of `tensors` has been computed.
+
+  In a graph, two computations that do not consume each other's results may
+  overlap: the executor would run one's forward pass during the other's backward
+  pass, and both passes' activations would be live at once. A control dependency
+  on the previous results does not prevent it when those come from an inlined
+  function call: it waits only for the function's stateful ops (batch norm's
+  moving-statistics updates, done by the end of the forward pass). `IdentityN`
+  consumes the results themselves, so what reads `x` starts after they exist.
+  """
+  tensors = [t for t in tensors if t is not None]
+  if not tensors or tf.executing_eagerly():
+    return x
+  done = tf.raw_ops.IdentityN(input=tensors)
+  with tf.control_dependencies([done[0].op]):
+    return tf.identity(x)
 
 
 def _tf_variables(variables: Sequence) -> list:

@@ -188,8 +188,9 @@ def test_second_order_rules_compose_direct_and_implicit_terms():
 # The tiny network, float64.
 
 
-def test_exact_hvp_equals_a_float64_finite_difference(float64):
-  model = tiny_model()
+@pytest.mark.parametrize("hessian", second_order.EXACT_HESSIANS)
+def test_exact_hvp_equals_a_float64_finite_difference(float64, hessian):
+  model = tiny_model(hessian=hessian)
   net = model.network
   assert {v.dtype for v in net.variables} == {"float64"}
   train, _ = batches()
@@ -206,11 +207,31 @@ def test_exact_hvp_equals_a_float64_finite_difference(float64):
   assert_close(got, want, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("cells", [1, 2])
+def test_segmented_exact_hvp_equals_the_unsegmented_one(float64, cells):
+  """Cut after cell 0 (a normal cell) or after cell 1 (the first reduction)."""
+  net = tiny_model().network
+  (x, y), _ = batches()
+  v = random_like(net.weight_variables)
+  loss = lambda logits: cross_entropy(y, logits)
+  want = second_order.exact_hvp(lambda: loss(net(x, training=True)),
+                                net.weight_variables, net.arch_variables, v)
+  weights = net.segment_weights(cells)
+  assert len(weights[0]) + len(weights[1]) == len(net.weight_variables)
+  index = {id(w): i for i, w in enumerate(net.weight_variables)}
+  got = second_order.segmented_exact_hvp(
+      lambda x: net.cells_forward(net.stem(x, True), 0, cells, True),
+      lambda h: loss(net.head(net.cells_forward(h, cells, None, True))), x, weights,
+      net.arch_variables, tuple([v[index[id(w)]] for w in part] for part in weights))
+  assert_close(got, want, rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("hessian", second_order.EXACT_HESSIANS)
 @pytest.mark.parametrize("method,coefficients", [
     ("darts_2nd", {"val": 1.0}), ("milenas_2nd", {"val": 1.3, "train": 0.6})])
 def test_exact_second_order_gradient_differentiates_through_the_virtual_step(
-    float64, method, coefficients):
-  model = tiny_model(method, hessian="exact", virtual_step="sgd", lambda_val=1.3,
+    float64, method, coefficients, hessian):
+  model = tiny_model(method, hessian=hessian, virtual_step="sgd", lambda_val=1.3,
                      lambda_train=0.6)
   net = model.network
   train, val = batches()
@@ -369,7 +390,7 @@ def test_second_order_gradient_leaves_every_variable_bit_exact(float64):
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(hessian="newton"), "Unknown hessian 'newton'; choose one of finite_difference, "
-                             "finite_difference_combined, exact"),
+                             "finite_difference_combined, exact, exact_recompute"),
     (dict(virtual_step="adam"), "Unknown virtual step 'adam'; choose one of optimizer, sgd")])
 def test_unknown_second_order_options_are_refused(kwargs, message):
   with pytest.raises(UserInputError, match=message):
