@@ -139,7 +139,7 @@ def test_unknown_method_and_order_are_rejected():
 
 # Run in a fresh process: the CPU allocator keeps statistics only when it is BFC-based,
 # which depends on the environment TensorFlow was imported with.
-PEAK_MEMORY = """
+MEASURE = """
 import json, sys
 import numpy as np, tensorflow as tf
 from milenas_tf import search
@@ -151,21 +151,47 @@ def peak_bytes(function):
   function()
   return tf.config.experimental.get_memory_info("CPU:0")["peak"] - start
 
-method, order = sys.argv[1:]
-tf.keras.utils.set_random_seed(0)
-model = search.build_search_model(
-    num_classes=3, input_shape=(16, 16, 1), init_channels=8, num_cells=3, method=method,
-    order=order, epochs=4, steps_per_epoch=10, hessian="finite_difference_combined")
+def tiny_model(method, **kwargs):
+  tf.keras.utils.set_random_seed(0)
+  model = search.build_search_model(
+      num_classes=3, input_shape=(16, 16, 1), init_channels=8, num_cells=3,
+      method=method, epochs=4, steps_per_epoch=10, **kwargs)
+  model.build((None, 16, 16, 1))
+  return model
+
 rng = np.random.default_rng(7)
 make = lambda: (tf.constant(rng.normal(size=(32, 16, 16, 1)), tf.float32),
                 tf.constant(rng.integers(0, 3, 32), tf.int32))
 train, val = make(), make()
 # The graph optimiser is not under test; without it the first call is faster.
 tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+"""
+
+PEAK_MEMORY = MEASURE + """
+method, order = sys.argv[1:]
+model = tiny_model(method, order=order, hessian="finite_difference_combined")
 print(json.dumps({
     "one_pass": peak_bytes(tf.function(lambda: model.gradient_pass("all", *train)[2])),
     "step": peak_bytes(tf.function(lambda: model.train_step((train, val))))}))
 """
+
+HVP_PEAK_MEMORY = MEASURE + """
+peaks = {}
+for hessian in ["exact", "exact_recompute"]:
+  model = tiny_model("darts_2nd", hessian=hessian)
+  v = [tf.constant(rng.normal(size=w.shape), tf.float32)
+       for w in model.network.weight_variables]
+  peaks[hessian] = peak_bytes(lambda: model.hessian_vector_product(*train, v))
+print(json.dumps(peaks))
+"""
+
+
+def measure(script, tmp_path, *args):
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CPU_ALLOCATOR_USE_BFC": "true"}
+  proc = subprocess.run([sys.executable, "-c", script, *args], env=env,
+                        cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("method,order", [
@@ -176,56 +202,17 @@ def test_passes_of_a_step_do_not_overlap(method, order, tmp_path):
   Overlapping passes (one's forward during another's backward) would hold both
   passes' activations: 1.2-1.8x at these sizes (oneDNN on and off).
   """
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CPU_ALLOCATOR_USE_BFC": "true"}
-  proc = subprocess.run([sys.executable, "-c", PEAK_MEMORY, method, order], env=env,
-                        cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  peak = json.loads(proc.stdout.strip().splitlines()[-1])
+  peak = measure(PEAK_MEMORY, tmp_path, method, order)
   assert peak["one_pass"] > 1e6
   assert peak["step"] < 1.15 * peak["one_pass"], peak
-
-
-HVP_PEAK_MEMORY = """
-import json
-import numpy as np, tensorflow as tf
-from milenas_tf import search
-
-def peak_bytes(function):
-  function()  # traced and run once first
-  tf.config.experimental.reset_memory_stats("CPU:0")
-  start = tf.config.experimental.get_memory_info("CPU:0")["current"]
-  function()
-  return tf.config.experimental.get_memory_info("CPU:0")["peak"] - start
-
-rng = np.random.default_rng(7)
-x = tf.constant(rng.normal(size=(32, 16, 16, 1)), tf.float32)
-y = tf.constant(rng.integers(0, 3, 32), tf.int32)
-# The graph optimiser is not under test; without it the first call is faster.
-tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-peaks = {}
-for hessian in ["exact", "exact_recompute"]:
-  tf.keras.utils.set_random_seed(0)
-  model = search.build_search_model(
-      num_classes=3, input_shape=(16, 16, 1), init_channels=8, num_cells=3,
-      method="darts_2nd", epochs=4, steps_per_epoch=10, hessian=hessian)
-  model.build((None, 16, 16, 1))
-  v = [tf.constant(rng.normal(size=w.shape), tf.float32)
-       for w in model.network.weight_variables]
-  peaks[hessian] = peak_bytes(lambda: model.hessian_vector_product(x, y, v))
-print(json.dumps(peaks))
-"""
 
 
 def test_recomputed_exact_product_holds_one_segment_at_a_time(tmp_path):
   """The segmented product's peak is below the unsegmented one's (0.62x measured).
 
   Were its three passes to overlap, it would hold both segments' activations and
-  backward passes, as the unsegmented product does.
+  backward passes at once, as the unsegmented product does (1.06x measured).
   """
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CPU_ALLOCATOR_USE_BFC": "true"}
-  proc = subprocess.run([sys.executable, "-c", HVP_PEAK_MEMORY], env=env,
-                        cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  peaks = json.loads(proc.stdout.strip().splitlines()[-1])
+  peaks = measure(HVP_PEAK_MEMORY, tmp_path)
   assert peaks["exact"] > 1e6
   assert peaks["exact_recompute"] < 0.8 * peaks["exact"], peaks
