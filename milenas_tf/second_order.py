@@ -142,10 +142,17 @@ def exact_hvp(loss_fn: Callable[[], tf.Tensor], weights: Sequence, alphas: Seque
     grads = inner.gradient(loss, weights)
   # grad_alpha <g, v> is the backward pass from g with v as g's output gradient: no
   # products and sums to build and differentiate, one pair per weight.
-  connected = [(g, tf.cast(v, g.dtype)) for g, v in zip(grads, vector) if g is not None]
-  return outer.gradient([g for g, _ in connected], alphas,
-                        output_gradients=[v for _, v in connected],
+  targets, output_gradients = _connected(grads, vector)
+  return outer.gradient(targets, alphas, output_gradients=output_gradients,
                         unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+def _connected(targets: Sequence, output_gradients: Sequence) -> tuple[list, list]:
+  """The (target, output gradient) pairs of a backward pass, without the None targets
+  (weights the loss does not reach) and with each gradient in its target's dtype."""
+  pairs = [(t, tf.cast(g, t.dtype)) for t, g in zip(targets, output_gradients)
+           if t is not None]
+  return [t for t, _ in pairs], [g for _, g in pairs]
 
 
 def segmented_exact_hvp(first: Callable[[tf.Tensor], Tensors],
@@ -187,11 +194,6 @@ def segmented_exact_hvp(first: Callable[[tf.Tensor], Tensors],
   w1, w2, alpha_vars = _tf_variables(w1), _tf_variables(w2), _tf_variables(alphas)
   num_alpha = len(alphas)
 
-  def connected(tensors, grads):
-    pairs = [(t, tf.cast(g, t.dtype)) for t, g in zip(tensors, grads)
-             if t is not None and g is not None]
-    return [t for t, _ in pairs], [g for _, g in pairs]
-
   # 1. hdot = J1 v1 (and h).
   with tf.GradientTape(watch_accessed_variables=False) as transpose:
     with tf.GradientTape(watch_accessed_variables=False) as tape:
@@ -200,7 +202,7 @@ def segmented_exact_hvp(first: Callable[[tf.Tensor], Tensors],
     u = [tf.zeros_like(t) for t in h]
     transpose.watch(u)
     grads = tape.gradient(h, w1, output_gradients=u)
-  targets, output_gradients = connected(grads, v1)
+  targets, output_gradients = _connected(grads, v1)
   hdot = transpose.gradient(targets, u, output_gradients=output_gradients,
                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
   h = [tf.stop_gradient(run_after(hdot, t)) for t in h]
@@ -213,7 +215,7 @@ def segmented_exact_hvp(first: Callable[[tf.Tensor], Tensors],
       loss = second(h)
     grads = inner.gradient(loss, w2 + h)
   dh = [tf.stop_gradient(g) for g in grads[len(w2):]]
-  targets, output_gradients = connected(grads, list(v2) + hdot)
+  targets, output_gradients = _connected(grads, list(v2) + hdot)
   grads = outer.gradient(targets, alpha_vars + h, output_gradients=output_gradients,
                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
   second_part, hbar = grads[:num_alpha], grads[num_alpha:]
@@ -223,9 +225,9 @@ def segmented_exact_hvp(first: Callable[[tf.Tensor], Tensors],
     outer.watch(alpha_vars)
     with tf.GradientTape(watch_accessed_variables=False) as inner:
       inner.watch(w1)
-      h = list(first(run_after(grads, inputs)))
+      h = list(first(run_after(second_part + hbar, inputs)))
     grads = inner.gradient(h, w1, output_gradients=dh)
-  targets, output_gradients = connected(list(grads) + h, list(v1) + hbar)
+  targets, output_gradients = _connected(list(grads) + h, list(v1) + hbar)
   first_part = outer.gradient(targets, alpha_vars, output_gradients=output_gradients,
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
   return [a + b for a, b in zip(first_part, second_part)]
