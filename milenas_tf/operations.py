@@ -144,14 +144,64 @@ def _padded_pool(pool, x: tf.Tensor, strides: int, value: float) -> tf.Tensor:
 def max_pool(x: tf.Tensor, strides: int) -> tf.Tensor:
   """3x3 max pooling, padding 1 (padded cells never win).
 
-  At stride 1 TF's "SAME" pads one cell on each side. At stride 2 the input is padded
-  with -inf and pooled without padding: the same windows as the stride-1 output at
-  2i, at a quarter of the cost; unlike an explicit-padding pool, both have a second
-  derivative in TF.
+  At stride 1 TF's "SAME" pads one cell on each side (`_same_max_pool`). At stride 2
+  the input is padded with -inf and pooled without padding: the same windows as the
+  stride-1 output at 2i, at a quarter of the cost; unlike an explicit-padding pool,
+  both have a second derivative in TF.
   """
   if strides == 1:
-    return tf.nn.max_pool2d(x, 3, 1, "SAME")
+    return _same_max_pool(x)
   return _padded_pool(tf.nn.max_pool2d, x, strides, -math.inf)
+
+
+_POOL_3X3 = {"ksize": [1, 3, 3, 1], "strides": [1, 1, 1, 1]}
+
+
+@tf.custom_gradient
+def _same_max_pool(x: tf.Tensor):
+  """3x3 stride-1 "SAME" max pooling whose second derivative is always right.
+
+  The value and the gradient are TensorFlow's (MaxPool, MaxPoolGrad). The derivative
+  of the gradient with respect to the output gradient, which the exact
+  Hessian-vector product of second-order search takes, is MaxPoolGradGrad on padded
+  inputs. On the unpadded ones TensorFlow's CPU kernel (2.21) may take the buffer of
+  its gradient input as its output, which it zeroes before reading that input: it may
+  whenever the two have the same shape, as at stride 1 with "SAME", and nothing else
+  still holds the input, which depends on the executor's schedule. In a `tf.function`
+  the product then came out wrong, in float32 and float64, on some calls. With the
+  input padded with -inf and pooled without padding, the gradient input has another
+  shape than the output, so its buffer cannot be taken; the windows and the ties (the
+  first maximum in row-major order wins) are the same.
+
+  Args:
+    x: NHWC input.
+
+  Returns:
+    The pooled tensor, and the gradient function.
+  """
+  y = tf.nn.max_pool2d(x, 3, 1, "SAME")
+
+  def grad(dy):
+    # Identities: the nested function closes over tensors of the graph it is called in.
+    return _same_max_pool_gradient(tf.identity(x), tf.identity(y), dy)
+
+  return y, grad
+
+
+@tf.custom_gradient
+def _same_max_pool_gradient(x: tf.Tensor, y: tf.Tensor, dy: tf.Tensor):
+  """MaxPoolGrad of `_same_max_pool`, differentiable through the padded MaxPoolGradGrad."""
+  dx = tf.raw_ops.MaxPoolGrad(orig_input=x, orig_output=y, grad=dy, padding="SAME",
+                              **_POOL_3X3)
+
+  def grad(h):
+    # dx is piecewise constant in x and y (no derivative); linear in dy.
+    d_dy = tf.raw_ops.MaxPoolGradGrad(
+        orig_input=tf.pad(x, _padding(1), constant_values=-math.inf), orig_output=y,
+        grad=tf.pad(h, _padding(1)), padding="VALID", **_POOL_3X3)
+    return None, None, d_dy
+
+  return dx, grad
 
 
 def avg_pool(x: tf.Tensor, strides: int) -> tf.Tensor:

@@ -200,6 +200,42 @@ def test_stride_two_pool_derivatives_match_definition(kind, size):
   assert_same_derivatives(got, want)
 
 
+@pytest.mark.parametrize("traced", [False, True])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_max_pool_second_derivative_is_the_gradient_at_each_window_maximum(dtype, stride,
+                                                                           traced):
+  """d/dw sum sin(grad_x sum(w * maxpool(x))) = cos(that gradient at each window's argmax).
+
+  In a tf.function only MaxPoolGradGrad reads cos(.), so TensorFlow's CPU kernel may
+  reuse its buffer (which it zeroes before reading) when the shapes match: at stride 1
+  TF's own second derivative comes out wrong there, by about 1.
+  """
+  rng = np.random.default_rng(11)
+  x = tf.constant(rng.normal(size=(2, 6, 6, 3)), dtype)
+  w = tf.Variable(rng.normal(size=(2, 6 // stride, 6 // stride, 3)), dtype=dtype)
+
+  def derivatives():
+    with tf.GradientTape() as outer:
+      with tf.GradientTape() as inner:
+        inner.watch(x)
+        loss = tf.reduce_sum(w * ops.max_pool(x, stride))
+      g = inner.gradient(loss, x)
+      total = tf.reduce_sum(tf.sin(g))
+    return outer.gradient(total, w), g
+
+  got, g = tf.function(derivatives)() if traced else derivatives()
+  xs, gs = x.numpy(), g.numpy()
+  want = np.zeros(w.shape)
+  for b, i, j, c in np.ndindex(*want.shape):
+    rows = range(max(stride * i - 1, 0), min(stride * i + 2, 6))
+    cols = range(max(stride * j - 1, 0), min(stride * j + 2, 6))
+    # The first maximum in row-major order (the one the gradient routes to).
+    r, q = max(((r, q) for r in rows for q in cols), key=lambda p: xs[b, p[0], p[1], c])
+    want[b, i, j, c] = np.cos(gs[b, r, q, c])
+  np.testing.assert_allclose(got.numpy(), want, atol=1e-6 if dtype == "float32" else 1e-14)
+
+
 def test_factorized_reduce_derivatives_match_definition():
   """Against the two stride-2 1x1 convs, the second on the input shifted by a pixel."""
   rng = np.random.default_rng(8)
