@@ -33,6 +33,8 @@ are then traced inline in the step: their all-reduces cannot sit in a nested
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import keras
 import tensorflow as tf
 
@@ -49,6 +51,33 @@ def cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     logits = tf.cast(logits, tf.float32)
   return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
       tf.cast(labels, tf.int32), logits))
+
+
+def network_exact_hvp(network: SearchNetwork, x: tf.Tensor, y: tf.Tensor, vector: Sequence,
+                      cut: int | None = None) -> list[tf.Tensor]:
+  """grad^2_{alpha,w} L(w, alpha) v of a `SearchNetwork`'s loss on (x, y), exactly.
+
+  Args:
+    network: the search network.
+    x, y: the batch.
+    vector: v, one tensor per `network.weight_variables`.
+    cut: None for `second_order.exact_hvp`; else `second_order.segmented_exact_hvp`
+      with the network cut before cell `cut` (the stem and cells `0 .. cut - 1` are
+      the first part).
+
+  Returns:
+    The product, one tensor per `network.arch_variables`.
+  """
+  if cut is None:
+    return second_order.exact_hvp(lambda: cross_entropy(y, network(x, training=True)),
+                                  network.weight_variables, network.arch_variables, vector)
+  weights = network.segment_weights(cut)
+  index = {id(w): i for i, w in enumerate(network.weight_variables)}
+  parts = tuple([vector[index[id(w)]] for w in part] for part in weights)
+  return second_order.segmented_exact_hvp(
+      lambda x: network.cells_forward(network.stem(x, True), 0, cut, True),
+      lambda h: cross_entropy(y, network.head(network.cells_forward(h, cut, None, True))),
+      x, weights, network.arch_variables, parts)
 
 
 class _Passes:
@@ -265,26 +294,14 @@ class SearchModel(keras.Model):
     of compute) and `second_order.segmented_exact_hvp` differentiates each part in
     turn.
     """
-    if "hvp" not in self._pass_functions:
+    # One function per variant: the traced body depends on `hessian`.
+    key = ("hvp", self.hessian)
+    if key not in self._pass_functions:
       network = self.network
-
-      def hvp(x, y, vector):
-        if self.hessian == "exact":
-          return second_order.exact_hvp(
-              lambda: cross_entropy(y, network(x, training=True)),
-              network.weight_variables, network.arch_variables, vector)
-        cells = network.reduction_indices[0]
-        weights = network.segment_weights(cells)
-        index = {id(w): i for i, w in enumerate(network.weight_variables)}
-        parts = tuple([vector[index[id(w)]] for w in part] for part in weights)
-        return second_order.segmented_exact_hvp(
-            lambda x: network.cells_forward(network.stem(x, True), 0, cells, True),
-            lambda h: cross_entropy(
-                y, network.head(network.cells_forward(h, cells, None, True))),
-            x, weights, network.arch_variables, parts)
-
-      self._pass_functions["hvp"] = tf.function(hvp)
-    return self._pass_functions["hvp"](x, y, vector)
+      cut = None if self.hessian == "exact" else network.reduction_indices[0]
+      self._pass_functions[key] = tf.function(
+          lambda x, y, vector: network_exact_hvp(network, x, y, vector, cut))
+    return self._pass_functions[key](x, y, vector)
 
   def virtual_learning_rate(self) -> tf.Tensor:
     """xi of the virtual step: the w learning rate of the coming step."""
