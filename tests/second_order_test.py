@@ -15,7 +15,7 @@ from milenas_tf import search
 from milenas_tf import second_order
 from milenas_tf import update_rules
 from milenas_tf.errors import UserInputError
-from milenas_tf.search_model import _Passes, cross_entropy
+from milenas_tf.search_model import _Passes, cross_entropy, network_exact_hvp
 
 SHAPE = (8, 8, 1)
 BATCH = 4
@@ -213,17 +213,10 @@ def test_segmented_exact_hvp_equals_the_unsegmented_one(float64, cells):
   net = tiny_model().network
   (x, y), _ = batches()
   v = random_like(net.weight_variables)
-  loss = lambda logits: cross_entropy(y, logits)
-  want = second_order.exact_hvp(lambda: loss(net(x, training=True)),
-                                net.weight_variables, net.arch_variables, v)
   weights = net.segment_weights(cells)
   assert len(weights[0]) + len(weights[1]) == len(net.weight_variables)
-  index = {id(w): i for i, w in enumerate(net.weight_variables)}
-  got = second_order.segmented_exact_hvp(
-      lambda x: net.cells_forward(net.stem(x, True), 0, cells, True),
-      lambda h: loss(net.head(net.cells_forward(h, cells, None, True))), x, weights,
-      net.arch_variables, tuple([v[index[id(w)]] for w in part] for part in weights))
-  assert_close(got, want, rtol=1e-11, atol=1e-13)
+  assert_close(network_exact_hvp(net, x, y, v, cut=cells), network_exact_hvp(net, x, y, v),
+               rtol=1e-11, atol=1e-13)
 
 
 @pytest.mark.parametrize("hessian", second_order.EXACT_HESSIANS)
