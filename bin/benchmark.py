@@ -11,10 +11,13 @@ prints JSON lines.
   python bin/benchmark.py --configs= --serving_configs=cifar10 --serving_batches=1,64
   python bin/benchmark.py --configs=paper --orders=reference \
       --methods=milenas,darts_2nd,milenas_2nd --hessians=finite_difference,exact
+  python bin/benchmark.py --configs=paper --orders=reference \
+      --methods=milenas,darts_2nd --hessians=exact_recompute --rounds=3
 
-Results of the same configuration, order, oneDNN and Grappler settings and replica
-count carry their ratio to `milenas` (`step_s_vs_milenas`, ...) when `milenas` is among
-the methods. Every job runs with oneDNN on (`TF_ENABLE_ONEDNN_OPTS=1`, as the scripts
+Results of the same configuration, order, oneDNN and Grappler settings, replica count
+and round carry their ratio to `milenas` (`step_s_vs_milenas`, ...) when `milenas` is
+among the methods; `--rounds` repeats the whole list to show how far the ratios move
+between runs. Every job runs with oneDNN on (`TF_ENABLE_ONEDNN_OPTS=1`, as the scripts
 do) and Grappler as the configs' defaults leave it (remapper "auto", optimiser
 "light") unless `--onednn`, `--remapping` or `--graph_optimizer` says otherwise.
 """
@@ -51,6 +54,9 @@ _GRAPH_OPTIMIZER = flags.DEFINE_list(
     "graph_optimizer", ["light"], "Grappler optimisation settings, one job each: light "
     "(one round, no memory optimiser; the configs' default), full (TensorFlow's).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after the first one.")
+_ROUNDS = flags.DEFINE_integer(
+    "rounds", 1, "Runs the whole list of jobs this many times, one round after the "
+    "other; each result carries its round, and its ratios are to its round's milenas.")
 _SERVING_CONFIGS = flags.DEFINE_list(
     "serving_configs", [], "Exported-model latency against Keras for these training "
     f"configurations: {', '.join(benchmarks.TRAIN_CONFIGS)} (none by default).")
@@ -70,6 +76,7 @@ def main(argv):
   jobs = benchmarks.with_settings(jobs, "remapping", _REMAPPING.value)
   jobs = benchmarks.with_settings(jobs, "graph_optimizer", _GRAPH_OPTIMIZER.value)
   jobs = benchmarks.with_settings(jobs, "onednn", _ONEDNN.value)
+  jobs = benchmarks.in_rounds(jobs, _ROUNDS.value)
   for result in benchmarks.with_ratios(benchmarks.run(jobs)):
     print(json.dumps(result), flush=True)
 

@@ -451,16 +451,17 @@ RATIO_KEYS = ("first_step_s", "step_s", "peak_memory_mb")
 
 def with_ratios(results: Iterable[dict], baseline: str = "milenas") -> Iterator[dict]:
   """Adds `<key>_vs_<baseline>` ratios to results of the baseline's configuration,
-  order, oneDNN and Grappler settings and replica count.
+  order, oneDNN and Grappler settings, replica count and round.
 
   A result gets ratios once the baseline method's result of the same configuration,
-  order, oneDNN and Grappler settings and replica count has gone by (jobs list it
-  first when it is asked for).
+  order, oneDNN and Grappler settings, replica count and round (`in_rounds`) has gone
+  by (jobs list it first when it is asked for).
   """
   base = {}
   for result in results:
     key = (result.get("config"), result.get("order"), result.get("onednn"),
-           result.get("remapping"), result.get("graph_optimizer"), result.get("devices"))
+           result.get("remapping"), result.get("graph_optimizer"), result.get("devices"),
+           result.get("round"))
     if result.get("method") == baseline and "error" not in result:
       base[key] = result
     if key in base and "error" not in result:
@@ -504,11 +505,27 @@ def with_settings(jobs: Iterable[dict], key: str, settings: Iterable[str]) -> li
   return [{**job, key: setting} for setting in settings for job in jobs]
 
 
+def in_rounds(jobs: Iterable[dict], rounds: int) -> list[dict]:
+  """The whole list of jobs `rounds` times over, one round after the other.
+
+  Each job is marked with its round (0, 1, ...), which its result carries, and
+  `with_ratios` takes each round's ratios to the baseline of the same round: the
+  spread of a ratio between rounds is the machine's noise on it.
+
+  Raises:
+    UserInputError: if `rounds` is not a positive integer.
+  """
+  if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+    raise UserInputError(f"rounds must be a positive integer, got {rounds!r}.")
+  jobs = list(jobs)
+  return [{**job, "round": r} for r in range(rounds) for job in jobs]
+
+
 def run(jobs: Iterable[dict], timeout_s: float = 1800) -> Iterator[dict]:
   """Runs each job (kwargs of `search_step`, of `train_step` with
   `benchmark="train_step"` or of `serving_latency` with `benchmark="serving"`, and
-  optionally `onednn`, `remapping` and `graph_optimizer` of `with_settings`) in a
-  fresh process.
+  optionally `onednn`, `remapping` and `graph_optimizer` of `with_settings` and
+  `round` of `in_rounds`) in a fresh process.
 
   Yields:
     The result dict of each job, or a dict with an "error" key.
@@ -516,6 +533,7 @@ def run(jobs: Iterable[dict], timeout_s: float = 1800) -> Iterator[dict]:
   for job in jobs:
     kwargs = dict(job)
     onednn = kwargs.pop("onednn", "default")
+    marks = {"round": kwargs.pop("round")} if "round" in job else {}
     env = dict(os.environ)
     if ONEDNN_SETTINGS[onednn] is not None:
       env["TF_ENABLE_ONEDNN_OPTS"] = ONEDNN_SETTINGS[onednn]
@@ -531,4 +549,4 @@ def run(jobs: Iterable[dict], timeout_s: float = 1800) -> Iterator[dict]:
       tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
       yield {**job, "error": f"exit {proc.returncode}: {tail[0]}"}
     else:
-      yield {**json.loads(lines[-1]), "onednn": onednn}
+      yield {**json.loads(lines[-1]), "onednn": onednn, **marks}

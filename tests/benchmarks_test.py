@@ -33,6 +33,7 @@ def test_prints_the_figures_of_each_configuration():
   assert result["images_per_s"] == pytest.approx(8 / result["step_s"], rel=1e-2)
   assert result["peak_memory_mb"] > 100  # a process holding TensorFlow
   assert result["graph_ops"] > 1000  # a search network, its gradients and the updates
+  assert result["round"] == 0
 
 
 def test_traced_ops_counts_each_called_function_once():
@@ -85,6 +86,24 @@ def test_ratios_are_to_milenas_of_the_same_configuration_and_order():
   assert (out[1]["first_step_s_vs_milenas"], out[1]["step_s_vs_milenas"],
           out[1]["peak_memory_mb_vs_milenas"]) == (1.5, 2.5, 1.25)
   assert "step_s_vs_milenas" not in out[2]  # no milenas result in the fused order
+
+
+def test_rounds_repeat_the_jobs_and_take_ratios_within_their_round():
+  jobs = benchmarks.in_rounds([dict(method="milenas"), dict(method="darts_2nd")], 2)
+  assert [(j["round"], j["method"]) for j in jobs] == [
+      (0, "milenas"), (0, "darts_2nd"), (1, "milenas"), (1, "darts_2nd")]
+  results = [dict(config="paper", order="reference", method=method, round=r,
+                  first_step_s=10.0, step_s=step, peak_memory_mb=100.0)
+             for r, method, step in [(0, "milenas", 8.0), (0, "darts_2nd", 20.0),
+                                     (1, "milenas", 10.0), (1, "darts_2nd", 20.0)]]
+  out = list(benchmarks.with_ratios(results))
+  assert [o["step_s_vs_milenas"] for o in out] == [1.0, 2.5, 1.0, 2.0]
+  for rounds in (0, -1, 1.5, True):
+    with pytest.raises(UserInputError, match="rounds must be a positive integer"):
+      benchmarks.in_rounds(jobs, rounds)
+  proc = run("--configs=tiny", "--rounds=0")
+  assert proc.returncode == 2
+  assert "error: rounds must be a positive integer, got 0." in proc.stderr
 
 
 def test_training_benchmark_reports_step_and_pipeline():
