@@ -515,8 +515,8 @@ def in_rounds(jobs: Iterable[dict], rounds: int) -> list[dict]:
   Raises:
     UserInputError: if `rounds` is not a positive integer.
   """
-  if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-    raise UserInputError(f"rounds must be a positive integer, got {rounds!r}.")
+  from milenas_tf import datasets  # pylint: disable=g-import-not-at-top
+  datasets.check_int("rounds", rounds)
   jobs = list(jobs)
   return [{**job, "round": r} for r in range(rounds) for job in jobs]
 
