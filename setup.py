@@ -6,6 +6,8 @@ Install with the TensorFlow build that fits the machine:
   pip install -e ".[gpu]"   # TensorFlow with its CUDA libraries
 """
 
+import glob
+
 import setuptools
 
 setuptools.setup(
@@ -15,8 +17,10 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["milenas_tf"],
-    package_data={"milenas_tf": ["published_genotypes.json"]},
+    packages=setuptools.find_packages(include=["milenas_tf", "milenas_tf.*"]),
+    package_data={"milenas_tf.space": ["published_genotypes.json"]},
+    # The configuration files the scripts default to (`core.cli.config_file`).
+    data_files=[("share/milenas_tf/configs", sorted(glob.glob("configs/*.py")))],
     install_requires=[
         "keras>=3.15,<4",
         "tensorflow-datasets>=4.9",
@@ -32,6 +36,6 @@ setuptools.setup(
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
         "test": ["pytest>=8", "pytest-xdist>=3"],
     },
-    scripts=["bin/search.py", "bin/benchmark.py"],
+    scripts=sorted(glob.glob("bin/*.py")),
     license="Apache-2.0",
 )

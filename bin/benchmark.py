@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Times the search and training steps and exported models, each job in a fresh process;
 prints JSON lines.
 
@@ -23,25 +24,22 @@ do) and Grappler as the configs' defaults leave it (remapper "auto", optimiser
 """
 
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags
 
-from absl import flags  # pylint: disable=g-import-not-at-top
-
-from milenas_tf import cli  # first: it turns oneDNN on before TensorFlow is imported
-from milenas_tf import benchmarks  # pylint: disable=g-bad-import-order
+from milenas_tf.core import cli  # first: it turns oneDNN on before TensorFlow loads
+from milenas_tf.benchmarks import jobs as benchmark_jobs
+from milenas_tf.benchmarks import runner as benchmark_runner
 
 _CONFIGS = flags.DEFINE_list("configs", ["small", "paper"],
-                             f"Configurations: {', '.join(benchmarks.SEARCH_CONFIGS)}.")
+                             f"Configurations: {', '.join(benchmark_jobs.SEARCH_CONFIGS)}.")
 _METHODS = flags.DEFINE_list("methods", ["milenas"], "Search methods.")
 _ORDERS = flags.DEFINE_list("orders", ["reference", "fused"], "Update orders.")
 _HESSIANS = flags.DEFINE_list("hessians", ["finite_difference"],
                               "Hessian-vector products of the second-order methods.")
 _TRAIN_CONFIGS = flags.DEFINE_list(
     "train_configs", [],
-    f"Training-step configurations: {', '.join(benchmarks.TRAIN_CONFIGS)} (none by default).")
+    f"Training-step configurations: {', '.join(benchmark_jobs.TRAIN_CONFIGS)} (none by default).")
 _DEVICES = flags.DEFINE_list(
     "devices", ["1"], "Search (first-order methods) and training jobs: replica counts "
     "(logical CPU devices under MirroredStrategy above 1).")
@@ -59,7 +57,7 @@ _ROUNDS = flags.DEFINE_integer(
     "other; each result carries its round, and its ratios are to its round's milenas.")
 _SERVING_CONFIGS = flags.DEFINE_list(
     "serving_configs", [], "Exported-model latency against Keras for these training "
-    f"configurations: {', '.join(benchmarks.TRAIN_CONFIGS)} (none by default).")
+    f"configurations: {', '.join(benchmark_jobs.TRAIN_CONFIGS)} (none by default).")
 _SERVING_BATCHES = flags.DEFINE_list("serving_batches", ["1", "64"],
                                      "Serving jobs: images per call.")
 _SERVING_SECONDS = flags.DEFINE_float("serving_seconds", 20.0,
@@ -68,16 +66,16 @@ _SERVING_SECONDS = flags.DEFINE_float("serving_seconds", 20.0,
 
 def main(argv):
   cli.check_no_arguments(argv)
-  jobs = benchmarks.search_jobs(_CONFIGS.value, _METHODS.value, _ORDERS.value,
-                                _STEPS.value, _HESSIANS.value, _DEVICES.value)
-  jobs += benchmarks.train_jobs(_TRAIN_CONFIGS.value, _STEPS.value, _DEVICES.value)
-  jobs += benchmarks.serving_jobs(_SERVING_CONFIGS.value, _SERVING_BATCHES.value,
-                                  _SERVING_SECONDS.value)
-  jobs = benchmarks.with_settings(jobs, "remapping", _REMAPPING.value)
-  jobs = benchmarks.with_settings(jobs, "graph_optimizer", _GRAPH_OPTIMIZER.value)
-  jobs = benchmarks.with_settings(jobs, "onednn", _ONEDNN.value)
-  jobs = benchmarks.in_rounds(jobs, _ROUNDS.value)
-  for result in benchmarks.with_ratios(benchmarks.run(jobs)):
+  jobs = benchmark_runner.search_jobs(_CONFIGS.value, _METHODS.value, _ORDERS.value,
+                                      _STEPS.value, _HESSIANS.value, _DEVICES.value)
+  jobs += benchmark_runner.train_jobs(_TRAIN_CONFIGS.value, _STEPS.value, _DEVICES.value)
+  jobs += benchmark_runner.serving_jobs(_SERVING_CONFIGS.value, _SERVING_BATCHES.value,
+                                        _SERVING_SECONDS.value)
+  jobs = benchmark_runner.with_settings(jobs, "remapping", _REMAPPING.value)
+  jobs = benchmark_runner.with_settings(jobs, "graph_optimizer", _GRAPH_OPTIMIZER.value)
+  jobs = benchmark_runner.with_settings(jobs, "onednn", _ONEDNN.value)
+  jobs = benchmark_runner.in_rounds(jobs, _ROUNDS.value)
+  for result in benchmark_runner.with_ratios(benchmark_runner.run(jobs)):
     print(json.dumps(result), flush=True)
 
 

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Runs several search methods under the same configuration and compares them.
 
   python bin/compare_methods.py --output_dir=runs/compare
@@ -8,19 +9,13 @@ Writes comparison.json, comparison.md and comparison.png into --output_dir, with
 one search directory per method (rerunning resumes the unfinished ones).
 """
 
-import os
-import sys
+from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from milenas_tf.core import cli  # first: it turns oneDNN on before TensorFlow loads
+from milenas_tf.search import comparison as method_comparison
 
-from absl import flags  # pylint: disable=g-import-not-at-top
-from ml_collections import config_flags
-
-from milenas_tf import cli
-from milenas_tf import method_comparison
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(cli.CONFIG_DIR, "search_fashion_mnist.py"),
+_CONFIG = cli.define_config_file(
+    "search_fashion_mnist.py",
     "Search configuration file; its method is replaced by each of --methods.")
 _METHODS = flags.DEFINE_list("methods", list(method_comparison.DEFAULT_METHODS),
                              "Methods to compare; time ratios are to the first.")

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Parameters and mult-adds of a genotype's evaluation network.
 
   python bin/count.py --genotype=DARTS_V2 --setting=cifar10
@@ -5,20 +6,16 @@
   python bin/count.py --genotype=MILENAS_3_87M --setting=imagenet --fit_budget
 
 Parameters are trainable weights without the auxiliary head; mult-adds are those of
-the convolutions and classifier for one image in inference (milenas_tf/model_size.py).
+the convolutions and classifier for one image in inference (milenas_tf/train/model_size.py).
 """
 
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags
 
-from absl import flags  # pylint: disable=g-import-not-at-top
-
-from milenas_tf import cli
-from milenas_tf import model_size
-from milenas_tf import networks
+from milenas_tf.core import cli  # first: it turns oneDNN on before TensorFlow loads
+from milenas_tf.train import model_size
+from milenas_tf.train import networks
 
 _GENOTYPE = flags.DEFINE_string("genotype", "MILENAS_3_87M",
                                 "Published genotype name or alias, or a genotype JSON file.")

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Top-1 / top-5 accuracy of a training run's weights on the test split.
 
   python bin/evaluate.py --output_dir=runs/train_fmnist
@@ -5,15 +6,11 @@
 """
 
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags
 
-from absl import flags  # pylint: disable=g-import-not-at-top
-
-from milenas_tf import cli
-from milenas_tf import training
+from milenas_tf.core import cli  # first: it turns oneDNN on before TensorFlow loads
+from milenas_tf.train import restore
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "A bin/train.py output directory.",
                                   required=True)
@@ -26,8 +23,8 @@ _JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
 
 def main(argv):
   cli.check_no_arguments(argv)
-  result = training.evaluate_checkpoint(_OUTPUT_DIR.value, _SPLIT.value, _WHICH.value,
-                                        _DATA_DIR.value)
+  result = restore.evaluate_checkpoint(_OUTPUT_DIR.value, _SPLIT.value, _WHICH.value,
+                                       _DATA_DIR.value)
   if _JSON.value:
     print(json.dumps(result))
   else:

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Exports trained weights as a SavedModel in TF Serving's layout.
 
   python bin/export.py --run_dir=runs/train --export_dir=serving
@@ -9,24 +10,18 @@ Writes <export_dir>/<model_name>/<version>/ (the next free version, never an exi
 one) with warm-up requests, and <export_dir>/models.config for tensorflow_model_server.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
-from ml_collections import config_flags
 
-from milenas_tf import cli
-from milenas_tf import export
+from milenas_tf.core import cli  # first: it turns oneDNN on before TensorFlow loads
+from milenas_tf.serving import export
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "A bin/train.py output directory.")
 _WHICH = flags.DEFINE_enum("which", "best", ["best", "last"],
                            "With --run_dir: the best weights or the last checkpoint.")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Without --run_dir: the training config of the weights (genotype, "
-    "setting, sizes, dataset).")
+_CONFIG = cli.define_config_file(
+    None, "Without --run_dir: the training config of the weights (genotype, setting, "
+    "sizes, dataset).")
 _WEIGHTS = flags.DEFINE_string("weights", None, "Without --run_dir: a .weights.h5 file.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", "serving",
                                   "Base directory of the served models.")

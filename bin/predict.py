@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Classifies images with an exported model: locally, or through TF Serving.
 
   python bin/predict.py --model=serving/train shirt.png boot.jpg
@@ -10,16 +11,12 @@ Image files go to the `serving_bytes` signature (decoded and resized in the mode
 """
 
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
 
-from milenas_tf import cli
-from milenas_tf import serving_client
+from milenas_tf.core import cli  # first: it turns oneDNN on before TensorFlow loads
+from milenas_tf.serving import client as serving_client
 
 _MODEL = flags.DEFINE_string("model", None,
                              "A local SavedModel: a version or model directory.")

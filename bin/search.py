@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Searches a cell architecture with MiLeNAS (or a baseline method).
 
   python bin/search.py --output_dir=runs/fmnist
@@ -7,27 +8,19 @@
 Running again with the same --output_dir resumes from the last finished epoch.
 """
 
-import os
-import sys
+from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from milenas_tf.core import cli  # first: it turns oneDNN on before TensorFlow loads
+from milenas_tf.search import run as search_run
 
-from absl import flags  # pylint: disable=g-import-not-at-top
-from ml_collections import config_flags
-
-from milenas_tf import cli
-from milenas_tf import search
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(cli.CONFIG_DIR, "search_fashion_mnist.py"),
-    "Search configuration file.")
+_CONFIG = cli.define_config_file("search_fashion_mnist.py", "Search configuration file.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/search",
                                   "Output directory; an existing run there is resumed.")
 
 
 def main(argv):
   cli.check_no_arguments(argv)
-  result = search.run_search(_CONFIG.value, _OUTPUT_DIR.value)
+  result = search_run.run_search(_CONFIG.value, _OUTPUT_DIR.value)
   print(f"Genotype: {result.genotype}")
   print(f"Written to {result.output_dir}")
 

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Trains a searched (or published) architecture from scratch.
 
   python bin/train.py --output_dir=runs/train_fmnist
@@ -7,27 +8,19 @@
 Running again with the same --output_dir resumes from the last finished epoch.
 """
 
-import os
-import sys
+from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from milenas_tf.core import cli  # first: it turns oneDNN on before TensorFlow loads
+from milenas_tf.train import run as train_run
 
-from absl import flags  # pylint: disable=g-import-not-at-top
-from ml_collections import config_flags
-
-from milenas_tf import cli
-from milenas_tf import training
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(cli.CONFIG_DIR, "train_fashion_mnist.py"),
-    "Training configuration file.")
+_CONFIG = cli.define_config_file("train_fashion_mnist.py", "Training configuration file.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/train",
                                   "Output directory; an existing run there is resumed.")
 
 
 def main(argv):
   cli.check_no_arguments(argv)
-  result = training.run_training(_CONFIG.value, _OUTPUT_DIR.value)
+  result = train_run.run_training(_CONFIG.value, _OUTPUT_DIR.value)
   print(f"Test: top-1 {result.test['top1']:.4f}, top-5 {result.test['top5']:.4f}; "
         f"best top-1 {result.best.get('value', float('nan')):.4f} at epoch "
         f"{result.best.get('epoch', '-')}")

@@ -1,6 +1,6 @@
 """Default CPU training: a searched cell on Fashion-MNIST in a few minutes.
 
-The CIFAR-10 recipe (`milenas_tf.training.default_config`) scaled to a 2-core CPU:
+The CIFAR-10 recipe (`milenas_tf.train.config.default_config`) scaled to a 2-core CPU:
 5 cells, C=8, batch 64, the first 6,400 training images (and test images),
 3 epochs, cosine from 0.05; cutout 8 and drop path 0.1 for 28x28 images.
 
@@ -8,11 +8,11 @@ The CIFAR-10 recipe (`milenas_tf.training.default_config`) scaled to a 2-core CP
   python bin/train.py --config.genotype=runs/fmnist/genotype.json --output_dir=runs/train_own
 """
 
-from milenas_tf import training
+from milenas_tf.train import config as train_config
 
 
 def get_config():
-  config = training.default_config()
+  config = train_config.default_config()
   config.dataset = "fashion_mnist"
   config.setting = "fashion_mnist"
   config.limit = 6400

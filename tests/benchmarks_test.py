@@ -8,8 +8,9 @@ import sys
 import pytest
 import tensorflow as tf
 
-from milenas_tf import benchmarks
-from milenas_tf.errors import UserInputError
+from milenas_tf.benchmarks import jobs as benchmark_jobs
+from milenas_tf.benchmarks import runner as benchmark_runner
+from milenas_tf.core.errors import UserInputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = {"benchmark", "config", "method", "order", "first_step_s", "step_s", "images_per_s",
@@ -38,7 +39,7 @@ def test_prints_the_figures_of_each_configuration():
 
 def test_traced_ops_counts_each_called_function_once():
   inner = tf.function(lambda x: tf.nn.relu(x) * 2.0)
-  ops = benchmarks._traced_ops(lambda x: inner(inner(x)) + 1.0, tf.ones([3]))
+  ops = benchmark_jobs._traced_ops(lambda x: inner(inner(x)) + 1.0, tf.ones([3]))
   # Outer: placeholder, two calls, constant, add, identity; inner (traced once; its
   # argument is part of its signature): relu, constant, mul, identity.
   assert ops == 6 + 4
@@ -51,25 +52,25 @@ def test_unknown_configuration_is_refused_before_running():
 
 
 def test_second_order_methods_get_one_job_per_hessian():
-  jobs = benchmarks.search_jobs(["tiny"], ["milenas", "darts_2nd"], ["reference"], 2,
-                                ["finite_difference", "exact"])
+  jobs = benchmark_runner.search_jobs(["tiny"], ["milenas", "darts_2nd"], ["reference"], 2,
+                                      ["finite_difference", "exact"])
   assert [(j["method"], j["hessian"]) for j in jobs] == [
       ("milenas", None), ("darts_2nd", "finite_difference"), ("darts_2nd", "exact")]
   with pytest.raises(UserInputError, match="Unknown hessian 'newton'"):
-    benchmarks.search_jobs(["tiny"], ["darts_2nd"], ["reference"], 2, ["newton"])
+    benchmark_runner.search_jobs(["tiny"], ["darts_2nd"], ["reference"], 2, ["newton"])
 
 
 def test_search_jobs_on_several_devices():
-  jobs = benchmarks.search_jobs(["tiny"], ["milenas", "milenas_2nd"], ["fused"], 2,
-                                devices=["1", "2"])
+  jobs = benchmark_runner.search_jobs(["tiny"], ["milenas", "milenas_2nd"], ["fused"], 2,
+                                      devices=["1", "2"])
   # Second-order methods assign the weights: one device only.
   assert [(j["method"], j["devices"]) for j in jobs] == [
       ("milenas", 1), ("milenas_2nd", 1), ("milenas", 2)]
   with pytest.raises(UserInputError, match="devices=3 must be positive and divide the "
                      "batch 8 of 'tiny'"):
-    benchmarks.search_jobs(["tiny"], ["milenas"], ["fused"], 2, devices=[3])
+    benchmark_runner.search_jobs(["tiny"], ["milenas"], ["fused"], 2, devices=[3])
   with pytest.raises(UserInputError, match="second-order methods run on one device"):
-    benchmarks.search_jobs(["tiny"], ["darts_2nd"], ["fused"], 2, devices=[2])
+    benchmark_runner.search_jobs(["tiny"], ["darts_2nd"], ["fused"], 2, devices=[2])
 
 
 def test_ratios_are_to_milenas_of_the_same_configuration_and_order():
@@ -81,7 +82,7 @@ def test_ratios_are_to_milenas_of_the_same_configuration_and_order():
       dict(config="paper", order="fused", method="darts_2nd", first_step_s=1.0,
            step_s=1.0, peak_memory_mb=1.0),
   ]
-  out = list(benchmarks.with_ratios(results))
+  out = list(benchmark_runner.with_ratios(results))
   assert out[0]["step_s_vs_milenas"] == 1.0
   assert (out[1]["first_step_s_vs_milenas"], out[1]["step_s_vs_milenas"],
           out[1]["peak_memory_mb_vs_milenas"]) == (1.5, 2.5, 1.25)
@@ -89,18 +90,18 @@ def test_ratios_are_to_milenas_of_the_same_configuration_and_order():
 
 
 def test_rounds_repeat_the_jobs_and_take_ratios_within_their_round():
-  jobs = benchmarks.in_rounds([dict(method="milenas"), dict(method="darts_2nd")], 2)
+  jobs = benchmark_runner.in_rounds([dict(method="milenas"), dict(method="darts_2nd")], 2)
   assert [(j["round"], j["method"]) for j in jobs] == [
       (0, "milenas"), (0, "darts_2nd"), (1, "milenas"), (1, "darts_2nd")]
   results = [dict(config="paper", order="reference", method=method, round=r,
                   first_step_s=10.0, step_s=step, peak_memory_mb=100.0)
              for r, method, step in [(0, "milenas", 8.0), (0, "darts_2nd", 20.0),
                                      (1, "milenas", 10.0), (1, "darts_2nd", 20.0)]]
-  out = list(benchmarks.with_ratios(results))
+  out = list(benchmark_runner.with_ratios(results))
   assert [o["step_s_vs_milenas"] for o in out] == [1.0, 2.5, 1.0, 2.0]
   for rounds in (0, -1, 1.5, True):
     with pytest.raises(UserInputError, match="rounds must be a positive integer"):
-      benchmarks.in_rounds(jobs, rounds)
+      benchmark_runner.in_rounds(jobs, rounds)
   proc = run("--configs=tiny", "--rounds=0")
   assert proc.returncode == 2
   assert "error: rounds must be a positive integer, got 0." in proc.stderr
@@ -122,9 +123,9 @@ def test_training_benchmark_reports_step_and_pipeline():
   assert result["pipeline_vs_step"] == pytest.approx(
       result["pipeline_images_per_s"] / result["images_per_s"], rel=0.02)
   with pytest.raises(UserInputError, match="Unknown training benchmark configuration"):
-    benchmarks.train_jobs(["mnist"], 2)
+    benchmark_runner.train_jobs(["mnist"], 2)
   with pytest.raises(UserInputError, match="devices=3 must be positive and divide"):
-    benchmarks.train_jobs(["tiny"], 2, devices=["3"])
+    benchmark_runner.train_jobs(["tiny"], 2, devices=["3"])
 
 
 def test_serving_benchmark_reports_latency_of_both_runtimes():
@@ -142,27 +143,27 @@ def test_serving_benchmark_reports_latency_of_both_runtimes():
   assert result["saved_model_p50_vs_keras"] == pytest.approx(
       result["saved_model_p50_ms"] / result["keras_p50_ms"], rel=0.01)
   with pytest.raises(UserInputError, match="Unknown serving benchmark configuration"):
-    benchmarks.serving_jobs(["mnist"])
-  with pytest.raises(UserInputError, match="must be positive"):
-    benchmarks.serving_jobs(["tiny"], batch_sizes=["0"])
+    benchmark_runner.serving_jobs(["mnist"])
+  with pytest.raises(UserInputError, match="serving batch size must be a positive integer, got 0"):
+    benchmark_runner.serving_jobs(["tiny"], batch_sizes=["0"])
   with pytest.raises(UserInputError, match=r"batch sizes must be integers, got \['x'\]"):
-    benchmarks.serving_jobs(["tiny"], batch_sizes=["x"])
+    benchmark_runner.serving_jobs(["tiny"], batch_sizes=["x"])
 
 
 def test_jobs_repeat_per_setting():
-  jobs = benchmarks.with_settings(benchmarks.train_jobs(["tiny"], 2, devices=[1, 2]),
-                                  "onednn", ["on", "off"])
+  jobs = benchmark_runner.with_settings(benchmark_runner.train_jobs(["tiny"], 2, devices=[1, 2]),
+                                        "onednn", ["on", "off"])
   assert [(j["onednn"], j["devices"]) for j in jobs] == [
       ("on", 1), ("on", 2), ("off", 1), ("off", 2)]
-  jobs = benchmarks.with_settings(jobs[:1], "remapping", ["off", "on"])
+  jobs = benchmark_runner.with_settings(jobs[:1], "remapping", ["off", "on"])
   assert [(j["remapping"], j["onednn"]) for j in jobs] == [("off", "on"), ("on", "on")]
   with pytest.raises(UserInputError, match="Unknown onednn setting 'fast'"):
-    benchmarks.with_settings(jobs, "onednn", ["fast"])
+    benchmark_runner.with_settings(jobs, "onednn", ["fast"])
   with pytest.raises(UserInputError, match="Unknown remapping setting 'yes'"):
-    benchmarks.with_settings(jobs, "remapping", ["yes"])
+    benchmark_runner.with_settings(jobs, "remapping", ["yes"])
   with pytest.raises(UserInputError, match="Unknown benchmark setting 'xla'"):
-    benchmarks.with_settings(jobs, "xla", ["on"])
+    benchmark_runner.with_settings(jobs, "xla", ["on"])
 
 
 def test_imagenet_pipeline_figure_reads_jpeg_tfrecords():
-  assert benchmarks._imagenet_pipeline_images_per_s(8, 2, 64) > 0
+  assert benchmark_jobs._imagenet_pipeline_images_per_s(8, 2, 64) > 0

@@ -1,4 +1,4 @@
-"""Tests for milenas_tf.datasets."""
+"""Tests for milenas_tf.data.datasets."""
 
 import gzip
 import itertools
@@ -9,8 +9,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from milenas_tf import datasets
-from milenas_tf.errors import UserInputError
+from milenas_tf.core import callbacks
+from milenas_tf.core.errors import UserInputError
+from milenas_tf.data import datasets
 
 FMNIST_DIR = datasets.DEFAULT_FASHION_MNIST_DIR
 needs_fmnist = pytest.mark.skipif(
@@ -136,7 +137,7 @@ def test_real_fashion_mnist_matches_info():
 @needs_fmnist
 def test_search_datasets_fashion_mnist():
   batch = 64
-  epoch = datasets.epoch_variable()
+  epoch = callbacks.epoch_variable()
   train_ds, val_eval_ds, info = datasets.search_datasets(
       "fashion_mnist", batch, 0.5, limit=512, epoch=epoch)
   x_all, y_all = datasets.load_arrays("fashion_mnist", "train")
@@ -202,7 +203,7 @@ def test_search_augmentation_is_fresh_every_batch_and_epoch(tmp_path):
         _idx_bytes(array))
 
   def stream(seed):
-    epoch = datasets.epoch_variable()
+    epoch = callbacks.epoch_variable()
     train_ds, _, _ = datasets.search_datasets(
         "fashion_mnist", 64, 0.75, data_dir=str(tmp_path), seed=seed, epoch=epoch)
     epochs = []
@@ -228,7 +229,7 @@ def test_an_epochs_batches_do_not_depend_on_earlier_iterators():
   def first_batches(train_ds):
     return [(t[1], v[1]) for t, v in train_ds.take(2).as_numpy_iterator()]
 
-  epoch = datasets.epoch_variable(1)
+  epoch = callbacks.epoch_variable(1)
   train_ds, _, _ = datasets.search_datasets("fashion_mnist", 16, limit=128, epoch=epoch)
   for _ in range(3):  # iterators made and dropped
     next(iter(train_ds))

@@ -10,24 +10,30 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from milenas_tf import distribution
-from milenas_tf import optimization
-from milenas_tf import training
-from milenas_tf.errors import UserInputError
+from milenas_tf.core import distribution
+from milenas_tf.core import optimization
+from milenas_tf.core.errors import UserInputError
+from milenas_tf.train import config as train_config
+from milenas_tf.train import model as train_model
 
 # Runs in a fresh process: the CPU must be split before TensorFlow starts.
 CHILD = textwrap.dedent("""
     import json, sys
-    from milenas_tf import distribution
+    from milenas_tf.core import distribution
     distribution.split_cpu(2)
     import keras, numpy as np, tensorflow as tf
-    from milenas_tf import networks, operations, training
+    from milenas_tf.space import kernels
+    from milenas_tf.train import config as train_config
+    from milenas_tf.train import model as train_model
+    from milenas_tf.train import networks
+    from milenas_tf.train import run as train_run
 
-    def make(strategy):
+    def make(strategy, sync_batch_norm=True):
       with strategy.scope():
         net = networks.NetworkCIFAR("DARTS_V2", init_channels=4, num_cells=3,
-                                    input_shape=(24, 24, 3))
-        model = training.TrainModel(net, weight_decay=3e-4, grad_clip=0.5)
+                                    input_shape=(24, 24, 3),
+                                    sync_batch_norm=sync_batch_norm)
+        model = train_model.TrainModel(net, weight_decay=3e-4, grad_clip=0.5)
         model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
                       jit_compile=False)
       return model
@@ -49,16 +55,16 @@ CHILD = textwrap.dedent("""
     halves = two_devices.experimental_distribute_values_from_function(
         lambda context: bn_x[4 * context.replica_id_in_sync_group:][:4])
     normalized = two_devices.run(
-        tf.function(lambda v: operations.batch_norm(v, *stats, training=True)), args=(halves,))
+        tf.function(lambda v: kernels.batch_norm(v, *stats, training=True)), args=(halves,))
     normalized = np.concatenate(
         [t.numpy() for t in two_devices.experimental_local_results(normalized)])
     x64 = bn_x.astype("float64")
     expected = (x64 - x64.mean((0, 1, 2))) / np.sqrt(x64.var((0, 1, 2)) + 1e-5)
-    config = training.default_config()  # a whole run, under two replicas
+    config = train_config.default_config()  # a whole run, under two replicas
     config.update(dataset="fashion_mnist", setting="fashion_mnist", limit=256,
                   batch_size=32, epochs=1, init_channels=4, num_cells=3,
                   distribution="/cpu:0,/cpu:1")
-    run = training.run_training(config, sys.argv[2], verbose=0)
+    run = train_run.run_training(config, sys.argv[2], verbose=0)
     one = make(distribution.get_strategy("default"))
     start = one.get_weights()
     one.fit(data, epochs=2, verbose=0)  # two steps: momentum is used
@@ -66,8 +72,7 @@ CHILD = textwrap.dedent("""
               "bn_error": float(np.abs(normalized - expected).max()),
               "run_top1": run.test["top1"], "run_steps": len(run.history["loss"])}
     for sync in (True, False):
-      operations.set_sync_batch_norm(sync)
-      two = make(two_devices)
+      two = make(two_devices, sync_batch_norm=sync)
       two.set_weights(start)
       two.fit(data, epochs=2, verbose=0)
       result[f"diff_sync_{sync}"] = max(
@@ -87,10 +92,11 @@ CHILD = textwrap.dedent("""
 # Seeded search runs on one device and on two replicas, in a fresh process.
 SEARCH_CHILD = textwrap.dedent("""
     import json, os, sys
-    from milenas_tf import distribution
+    from milenas_tf.core import distribution
     distribution.split_cpu(2)
     import keras, numpy as np
-    from milenas_tf import search
+    from milenas_tf.search import config as search_config
+    from milenas_tf.search import run as search_run
 
     class Record(keras.callbacks.Callback):
       def on_train_begin(self, logs=None):
@@ -103,7 +109,7 @@ SEARCH_CHILD = textwrap.dedent("""
         self.weights = [v.numpy() for v in network.weight_variables]
 
     def config(spec, method="milenas"):
-      config = search.default_config()
+      config = search_config.default_config()
       # Two steps in the fused order: it runs both pass kinds (alpha; alpha and w).
       config.update(dataset="fashion_mnist", limit=32, batch_size=8, epochs=1,
                     init_channels=2, num_cells=3, order="fused", distribution=spec,
@@ -113,8 +119,8 @@ SEARCH_CHILD = textwrap.dedent("""
     runs, records = {}, {}
     for name, spec in (("one", "default"), ("two", "/cpu:0,/cpu:1")):
       records[name] = Record()
-      runs[name] = search.run_search(config(spec), os.path.join(sys.argv[1], name),
-                                     verbose=0, extra_callbacks=[records[name]])
+      runs[name] = search_run.run_search(config(spec), os.path.join(sys.argv[1], name),
+                                         verbose=0, extra_callbacks=[records[name]])
     one, two = records["one"], records["two"]
     diff = lambda a, b: max(float(np.abs(x - y).max()) for x, y in zip(a, b))
     run = runs["two"]
@@ -129,8 +135,8 @@ SEARCH_CHILD = textwrap.dedent("""
                                                         "genotype.json"))},
     }
     try:
-      search.run_search(config("/cpu:0,/cpu:1", "milenas_2nd"),
-                        os.path.join(sys.argv[1], "second"), verbose=0)
+      search_run.run_search(config("/cpu:0,/cpu:1", "milenas_2nd"),
+                            os.path.join(sys.argv[1], "second"), verbose=0)
       result["second_order"] = ""
     except Exception as error:  # pylint: disable=broad-except
       result["second_order"] = str(error)
@@ -230,8 +236,8 @@ def test_strategy_names():
 
 def test_linear_learning_rate_scaling():
   assert optimization.scaled_learning_rate(0.1, 1024, 128) == pytest.approx(0.8)
-  config = training.default_config()
+  config = train_config.default_config()
   config.update(batch_size=192, base_batch_size=96, learning_rate=0.025)
-  assert float(training.learning_rate_schedule(config, 10)(0)) == pytest.approx(0.025)
+  assert float(train_model.learning_rate_schedule(config, 10)(0)) == pytest.approx(0.025)
   config.scale_learning_rate = True
-  assert float(training.learning_rate_schedule(config, 10)(0)) == pytest.approx(0.05)
+  assert float(train_model.learning_rate_schedule(config, 10)(0)) == pytest.approx(0.05)

@@ -11,14 +11,16 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from milenas_tf import callbacks
-from milenas_tf import datasets
-from milenas_tf import export
-from milenas_tf import networks
-from milenas_tf import precision
-from milenas_tf import run_directory
-from milenas_tf import training
-from milenas_tf.errors import UserInputError
+from milenas_tf.core import files
+from milenas_tf.core import precision
+from milenas_tf.core import run_directory
+from milenas_tf.core.errors import UserInputError
+from milenas_tf.data import datasets
+from milenas_tf.serving import export
+from milenas_tf.train import callbacks as train_callbacks
+from milenas_tf.train import config as train_config
+from milenas_tf.train import model as train_model
+from milenas_tf.train import networks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR_INFO = datasets.DatasetInfo("cifar_like", (32, 32, 3), 10, (0.49, 0.48, 0.45),
@@ -282,16 +284,16 @@ def test_a_mixed_precision_network_exports_float32_outputs(tmp_path, fmnist):
 
 def _fake_run(directory, dataset="fashion_mnist"):
   """A training run directory as bin/train.py leaves it, with untrained weights."""
-  config = training.default_config()
+  config = train_config.default_config()
   config.update(genotype="DARTS_V2", init_channels=4, num_cells=3, dataset=dataset,
                 setting="fashion_mnist")
-  model = training.build_train_model(config, datasets.dataset_info(dataset), 1)
+  model = train_model.build_train_model(config, datasets.dataset_info(dataset), 1)
   _randomize_statistics(model.network, seed=2)
   os.makedirs(directory)
-  callbacks.write_json_atomic(os.path.join(directory, run_directory.CONFIG_FILE),
-                              config.to_dict())
-  path = os.path.join(directory, "best", training.BestWeights.WEIGHTS)
-  callbacks.save_weights_atomic(model, path)
+  files.write_json_atomic(os.path.join(directory, run_directory.CONFIG_FILE),
+                          config.to_dict())
+  path = os.path.join(directory, "best", train_callbacks.BestWeights.WEIGHTS)
+  files.save_weights_atomic(model, path)
   return config, model, path
 
 

@@ -1,4 +1,4 @@
-"""Tests for milenas_tf.genotypes."""
+"""Tests for milenas_tf.space.genotypes and milenas_tf.space.drawing."""
 
 import importlib.resources
 import json
@@ -8,8 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from milenas_tf import genotypes
-from milenas_tf.errors import UserInputError
+from milenas_tf.core.errors import UserInputError
+from milenas_tf.space import drawing
+from milenas_tf.space import genotypes
 
 P = {name: k for k, name in enumerate(genotypes.PRIMITIVES)}
 
@@ -237,7 +238,7 @@ def test_published_names_and_aliases():
 
 
 def test_packaged_json_keeps_sources():
-  text = importlib.resources.files("milenas_tf").joinpath(
+  text = importlib.resources.files("milenas_tf.space").joinpath(
       "published_genotypes.json").read_text()
   entries = json.loads(text)["genotypes"]
   assert all(entry["source"] for entry in entries.values())
@@ -318,7 +319,7 @@ def test_load_wrapped_genotype_validates_inner_object(tmp_path):
 @pytest.mark.parametrize("cell", ["normal", "reduce"])
 def test_plot_genotype_writes_png(tmp_path, cell):
   path = tmp_path / "plots" / f"{cell}.png"
-  genotypes.plot_genotype(genotypes.load_genotype("MILENAS_GDAS"), path, cell=cell)
+  drawing.plot_genotype(genotypes.load_genotype("MILENAS_GDAS"), path, cell=cell)
   data = path.read_bytes()
   assert data.startswith(b"\x89PNG\r\n\x1a\n")
   assert len(data) > 5000
@@ -326,5 +327,5 @@ def test_plot_genotype_writes_png(tmp_path, cell):
 
 def test_plot_genotype_rejects_unknown_cell(tmp_path):
   with pytest.raises(UserInputError, match="'normal' or 'reduce'"):
-    genotypes.plot_genotype(genotypes.load_genotype("DARTS_V2"), tmp_path / "x.png",
-                            cell="reduction")
+    drawing.plot_genotype(genotypes.load_genotype("DARTS_V2"), tmp_path / "x.png",
+                          cell="reduction")

@@ -4,10 +4,10 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import rewriter_config_pb2
 
-from milenas_tf import graph_options
-from milenas_tf import search
-from milenas_tf import training
-from milenas_tf.errors import UserInputError
+from milenas_tf.core import graph_options
+from milenas_tf.core.errors import UserInputError
+from milenas_tf.search import config as search_config
+from milenas_tf.train import config as train_config
 
 RewriterConfig = rewriter_config_pb2.RewriterConfig
 
@@ -69,15 +69,15 @@ def test_functions_compute_the_same_values_either_way(restore_options):
 
 
 def test_unknown_settings_name_the_choices():
-  with pytest.raises(UserInputError, match="Unknown remapping setting 'fast'; use one of "
+  with pytest.raises(UserInputError, match="Unknown remapping setting 'fast'; choose one of "
                      "auto, on, off."):
     graph_options.resolve("fast")
-  with pytest.raises(UserInputError, match="Unknown graph_optimizer setting 'none'; use "
+  with pytest.raises(UserInputError, match="Unknown graph_optimizer setting 'none'; choose "
                      "one of light, full."):
     graph_options.apply("off", "none")
 
 
 def test_recipes_default_to_auto_remapping_and_the_light_optimizer():
-  for config in (search.default_config(), training.default_config(),
-                 training.imagenet_config()):
+  for config in (search_config.default_config(), train_config.default_config(),
+                 train_config.imagenet_config()):
     assert (config.remapping, config.graph_optimizer) == ("auto", "light")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from milenas_tf import genotypes
-from milenas_tf import model_size
-from milenas_tf import networks
-from milenas_tf.errors import UserInputError
+from milenas_tf.core.errors import UserInputError
+from milenas_tf.space import genotypes
+from milenas_tf.train import model_size
+from milenas_tf.train import networks
 
 EPS = 1e-5
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,19 +6,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from milenas_tf import datasets
-from milenas_tf import precision
-from milenas_tf import training
-from milenas_tf.errors import UserInputError
+from milenas_tf.core import precision
+from milenas_tf.core.errors import UserInputError
+from milenas_tf.data import datasets
+from milenas_tf.train import config as train_config
+from milenas_tf.train import model as train_model
 
 
 def _model(policy):
-  config = training.default_config()
+  config = train_config.default_config()
   config.update(dict(dataset="fashion_mnist", setting="fashion_mnist", init_channels=4,
                      num_cells=3, grad_clip=0.5, weight_decay=0.01, learning_rate=0.1,
                      precision=policy))
-  return training.build_train_model(config, datasets.dataset_info("fashion_mnist"),
-                                    steps_per_epoch=10)
+  return train_model.build_train_model(config, datasets.dataset_info("fashion_mnist"),
+                                       steps_per_epoch=10)
 
 
 def _batch():

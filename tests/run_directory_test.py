@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from milenas_tf import run_directory
-from milenas_tf.errors import UserInputError
+from milenas_tf.core import run_directory
+from milenas_tf.core.errors import UserInputError
 
 DEFAULTS = {"epochs": 50, "batch_size": 64, "distribution": "auto", "data_dir": ""}
 

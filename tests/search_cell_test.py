@@ -1,26 +1,29 @@
-"""MixedOps and SearchCell compute the per-edge function of operations.py."""
+"""MixedOps and SearchCell compute the per-edge function of milenas_tf.space.layers."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from milenas_tf import genotypes
-from milenas_tf import operations as ops
-from milenas_tf.search_cell import CONV_BRANCHES, MixedOps, SearchCell
+from milenas_tf.search.cell import CONV_BRANCHES
+from milenas_tf.search.cell import MixedOps
+from milenas_tf.search.cell import SearchCell
+from milenas_tf.search.network import SearchNetwork
+from milenas_tf.space import genotypes
+from milenas_tf.space import layers
 
 
 def per_edge_ops(layer: MixedOps, edge: int, input_shape):
   """Primitive layers of one edge, holding that edge's weights of `layer`."""
   built = {}
   for name in genotypes.PRIMITIVES:
-    op = ops.make_operation(name, layer.channels, layer.strides, affine=False)
+    op = layers.make_operation(name, layer.channels, layer.strides, affine=False)
     if not op.built:
       op.build(input_shape)
     built[name] = op
   c = layer.channels
   for name, _, _, _ in CONV_BRANCHES:
     op = built[name]
-    halves = [op.first, op.second] if isinstance(op, ops.SepConv) else [op]
+    halves = [op.first, op.second] if isinstance(op, layers.SepConv) else [op]
     for stage, half in enumerate(halves):
       depthwise = layer.depthwise[name, stage]
       half.depthwise.assign(depthwise[..., edge:edge + 1] if stage == 0
@@ -34,10 +37,10 @@ def per_edge_ops(layer: MixedOps, edge: int, input_shape):
 
 
 def apply_op(name, op, x, training):
-  if isinstance(op, (ops.Pooling,)):
-    bn = ops.BatchNorm(affine=False)
+  if isinstance(op, (layers.Pooling,)):
+    bn = layers.BatchNorm(affine=False)
     return bn(op(x), training=training)
-  if isinstance(op, (ops.Identity, ops.Zero)):
+  if isinstance(op, (layers.Identity, layers.Zero)):
     return op(x)
   return op(x, training=training)
 
@@ -74,7 +77,6 @@ def test_search_cell_shapes_and_config(reduction, reduction_prev):
 
 
 def test_search_network_outputs_logits_and_alpha_matters():
-  from milenas_tf.search_network import SearchNetwork
   tf.keras.utils.set_random_seed(0)
   net = SearchNetwork(5, init_channels=4, num_cells=3)
   x = tf.random.normal((2, 12, 12, 3), seed=5)

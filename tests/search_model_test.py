@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from milenas_tf import search
-from milenas_tf.errors import UserInputError
-from milenas_tf.search_model import _Passes, cross_entropy
+from milenas_tf.core.errors import UserInputError
+from milenas_tf.search import model as search_model
+from milenas_tf.search.model import _Passes
+from milenas_tf.search.model import cross_entropy
 
 SHAPE = (8, 8, 1)
 BATCH = 4
@@ -19,7 +20,7 @@ BATCH = 4
 
 def tiny_model(method="milenas", order="reference", **kwargs):
   tf.keras.utils.set_random_seed(0)
-  model = search.build_search_model(
+  model = search_model.build_search_model(
       num_classes=3, input_shape=SHAPE, init_channels=4, num_cells=3, method=method,
       order=order, epochs=4, steps_per_epoch=10, **kwargs)
   # Alphas far from uniform, so that every op matters.
@@ -142,7 +143,7 @@ def test_unknown_method_and_order_are_rejected():
 MEASURE = """
 import json, sys
 import numpy as np, tensorflow as tf
-from milenas_tf import search
+from milenas_tf.search import model as search_model
 
 def peak_bytes(function):
   function()  # traced and run once first
@@ -153,7 +154,7 @@ def peak_bytes(function):
 
 def tiny_model(method, **kwargs):
   tf.keras.utils.set_random_seed(0)
-  model = search.build_search_model(
+  model = search_model.build_search_model(
       num_classes=3, input_shape=(16, 16, 1), init_channels=8, num_cells=3,
       method=method, epochs=4, steps_per_epoch=10, **kwargs)
   model.build((None, 16, 16, 1))

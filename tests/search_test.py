@@ -11,11 +11,14 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import rewriter_config_pb2
 
-from milenas_tf import genotypes
-from milenas_tf import graph_options
-from milenas_tf import search
-from milenas_tf.callbacks import EpochCheckpoint, read_epoch_log
-from milenas_tf.errors import UserInputError
+from milenas_tf.core import graph_options
+from milenas_tf.core import run_directory
+from milenas_tf.core.callbacks import EpochCheckpoint
+from milenas_tf.core.callbacks import read_epoch_log
+from milenas_tf.core.errors import UserInputError
+from milenas_tf.search import config as search_config
+from milenas_tf.search import run as search_run
+from milenas_tf.space import genotypes
 
 ONE_ROUND = rewriter_config_pb2.RewriterConfig.ONE
 
@@ -23,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(**overrides):
-  config = search.default_config()
+  config = search_config.default_config()
   config.update({**dict(dataset="fashion_mnist", limit=1280, batch_size=32, epochs=2,
                         init_channels=4, num_cells=3), **overrides})
   return config
@@ -52,10 +55,10 @@ def interrupted_then_resumed(tmp_path_factory):
   config = tiny_config()
   interrupt = Interrupt()
   with pytest.raises(KeyboardInterrupt):
-    search.run_search(config, out, verbose=0, extra_callbacks=[interrupt])
+    search_run.run_search(config, out, verbose=0, extra_callbacks=[interrupt])
   after_interrupt = sorted(os.listdir(out))
   start = RecordStart()
-  result = search.run_search(config, out, verbose=0, extra_callbacks=[start])
+  result = search_run.run_search(config, out, verbose=0, extra_callbacks=[start])
   return out, interrupt, start, result, after_interrupt
 
 
@@ -74,7 +77,7 @@ def test_resumed_search_continues_from_the_saved_epoch(interrupted_then_resumed)
   assert result.resumed_after == 1
   assert len(result.history["loss"]) == 1  # only the second epoch ran again
   assert EpochCheckpoint.finished_epochs(os.path.join(out, "checkpoints")) == 2
-  records = read_epoch_log(os.path.join(out, search.EPOCH_LOG))
+  records = read_epoch_log(os.path.join(out, run_directory.EPOCH_LOG))
   assert [r["epoch"] for r in records] == [1, 2]
   assert all(r["seconds"] > 0 and 0 <= r["val_accuracy"] <= 1 for r in records)
   assert records[1]["val_accuracy"] == pytest.approx(result.history["val_accuracy"][-1])
@@ -85,7 +88,7 @@ def test_resumed_search_ends_where_an_uninterrupted_one_does(interrupted_then_re
   # Weights, alpha, both optimisers and the schedule are restored, and the second
   # epoch gets the batches it gets without the interruption.
   whole = str(tmp_path / "whole")
-  search.run_search(tiny_config(), whole, verbose=0)
+  search_run.run_search(tiny_config(), whole, verbose=0)
   with np.load(os.path.join(interrupted_then_resumed[0], "alphas.npz")) as resumed, \
        np.load(os.path.join(whole, "alphas.npz")) as uninterrupted:
     for name in ("alphas_normal", "alphas_reduce"):
@@ -118,7 +121,7 @@ def test_output_dir_of_another_run_is_refused_and_kept(interrupted_then_resumed)
   out = interrupted_then_resumed[0]
   before = {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out)}
   with pytest.raises(UserInputError, match="num_cells: 3 in the run, 4 now"):
-    search.run_search(tiny_config(num_cells=4), out, verbose=0)
+    search_run.run_search(tiny_config(num_cells=4), out, verbose=0)
   assert before == {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out)}
   with open(os.path.join(out, "config.json")) as f:
     assert json.load(f)["num_cells"] == 3
@@ -127,7 +130,7 @@ def test_output_dir_of_another_run_is_refused_and_kept(interrupted_then_resumed)
 def test_non_empty_foreign_directory_is_refused(tmp_path):
   (tmp_path / "notes.txt").write_text("mine")
   with pytest.raises(UserInputError, match="not empty and holds no search"):
-    search.run_search(tiny_config(), str(tmp_path), verbose=0)
+    search_run.run_search(tiny_config(), str(tmp_path), verbose=0)
   assert os.listdir(tmp_path) == ["notes.txt"]
 
 

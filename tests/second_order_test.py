@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from milenas_tf import optimization
-from milenas_tf import search
-from milenas_tf import second_order
-from milenas_tf import update_rules
-from milenas_tf.errors import UserInputError
-from milenas_tf.search_model import _Passes, cross_entropy, network_exact_hvp
+from milenas_tf.core import optimization
+from milenas_tf.core.errors import UserInputError
+from milenas_tf.search import model as search_model
+from milenas_tf.search import second_order
+from milenas_tf.search import update_rules
+from milenas_tf.search.model import _Passes
+from milenas_tf.search.model import cross_entropy
+from milenas_tf.search.model import network_exact_hvp
 
 SHAPE = (8, 8, 1)
 BATCH = 4
@@ -40,7 +42,7 @@ def float64():
 
 def tiny_model(method="milenas_2nd", xi=XI, **kwargs):
   tf.keras.utils.set_random_seed(0)
-  model = search.build_search_model(
+  model = search_model.build_search_model(
       num_classes=3, input_shape=SHAPE, init_channels=4, num_cells=3, method=method,
       epochs=4, steps_per_epoch=10, learning_rate=xi, learning_rate_min=xi, **kwargs)
   rng = np.random.default_rng(1)
@@ -390,5 +392,5 @@ def test_second_order_gradient_leaves_every_variable_bit_exact(float64):
     (dict(virtual_step="adam"), "Unknown virtual step 'adam'; choose one of optimizer, sgd")])
 def test_unknown_second_order_options_are_refused(kwargs, message):
   with pytest.raises(UserInputError, match=message):
-    search.build_search_model(num_classes=3, input_shape=SHAPE, init_channels=4,
-                              num_cells=3, method="darts_2nd", **kwargs)
+    search_model.build_search_model(num_classes=3, input_shape=SHAPE, init_channels=4,
+                                    num_cells=3, method="darts_2nd", **kwargs)

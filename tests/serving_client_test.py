@@ -20,12 +20,12 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from milenas_tf import datasets
-from milenas_tf import export
-from milenas_tf import networks
-from milenas_tf import serving_client
-from milenas_tf import serving_protos
-from milenas_tf.errors import UserInputError
+from milenas_tf.core.errors import UserInputError
+from milenas_tf.data import datasets
+from milenas_tf.serving import client as serving_client
+from milenas_tf.serving import export
+from milenas_tf.serving import protos as serving_protos
+from milenas_tf.train import networks
 
 MODEL = "fmnist"
 
@@ -213,7 +213,7 @@ def test_local_rest_and_grpc_clients_agree(exported, images, rest_server, grpc_a
 
 
 def test_server_errors_and_unreachable_servers_are_one_line(images, rest_server,
-                                                           grpc_address):
+                                                            grpc_address):
   paths, _, _ = images
   inputs = serving_client.load_inputs(paths[:1])
   with pytest.raises(UserInputError, match="HTTP 404: Servable not found"):

@@ -12,14 +12,21 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import rewriter_config_pb2
 
-from milenas_tf import datasets
-from milenas_tf import export
-from milenas_tf import graph_options
-from milenas_tf import networks
-from milenas_tf import optimization
-from milenas_tf import training
-from milenas_tf.callbacks import EpochCheckpoint, read_epoch_log
-from milenas_tf.errors import UserInputError
+from milenas_tf.core import graph_options
+from milenas_tf.core import optimization
+from milenas_tf.core import run_directory
+from milenas_tf.core.callbacks import EpochCheckpoint
+from milenas_tf.core.callbacks import read_epoch_log
+from milenas_tf.core.errors import UserInputError
+from milenas_tf.data import datasets
+from milenas_tf.serving import export
+from milenas_tf.train import callbacks as train_callbacks
+from milenas_tf.train import config as train_config
+from milenas_tf.train import inputs as train_inputs
+from milenas_tf.train import model as train_model
+from milenas_tf.train import networks
+from milenas_tf.train import restore
+from milenas_tf.train import run as train_run
 
 ONE_ROUND = rewriter_config_pb2.RewriterConfig.ONE
 
@@ -34,15 +41,15 @@ def test_label_smoothed_loss_equals_a_float64_computation():
   for s in (0.0, 0.1):
     targets = (1 - s) * np.eye(5)[labels] + s / 5
     want = -(targets * log_probs).sum(axis=1).mean()
-    got = training.classification_loss(tf.constant(labels), tf.constant(logits), s)
+    got = train_model.classification_loss(tf.constant(labels), tf.constant(logits), s)
     assert float(got) == pytest.approx(want, rel=1e-5)
 
 
 def test_train_step_is_clip_then_coupled_decay_then_sgd():
   network = networks.NetworkCIFAR("DARTS_V2", num_classes=10, init_channels=4,
-                                   num_cells=3, auxiliary=True, input_shape=(24, 24, 3))
-  model = training.TrainModel(network, auxiliary_weight=0.4, weight_decay=0.01,
-                              grad_clip=0.5)
+                                  num_cells=3, auxiliary=True, input_shape=(24, 24, 3))
+  model = train_model.TrainModel(network, auxiliary_weight=0.4, weight_decay=0.01,
+                                 grad_clip=0.5)
   model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=False)
   rng = np.random.default_rng(1)
   x = tf.constant(rng.normal(size=(4, 24, 24, 3)), tf.float32)
@@ -66,9 +73,9 @@ def test_schedules_step_once_per_epoch():
   exponential = optimization.EpochExponentialDecay(0.1, 0.97, steps_per_epoch=10)
   assert [float(exponential(s)) for s in (0, 9, 10, 25)] == pytest.approx(
       [0.1, 0.1, 0.097, 0.1 * 0.97 ** 2])
-  config = training.default_config()
+  config = train_config.default_config()
   config.update(epochs=4, learning_rate=0.2, learning_rate_min=0.0)
-  cosine = training.learning_rate_schedule(config, steps_per_epoch=5)
+  cosine = train_model.learning_rate_schedule(config, steps_per_epoch=5)
   assert [float(cosine(s)) for s in (0, 5, 10, 15)] == pytest.approx(
       [0.2, 0.1 + 0.1 * np.cos(np.pi / 4), 0.1, 0.1 - 0.1 * np.cos(np.pi / 4)])
 
@@ -90,9 +97,9 @@ def test_cutout_zeroes_one_clipped_square_per_image():
 
 def test_drop_path_schedule_is_linear_in_the_epoch():
   network = networks.NetworkCIFAR("DARTS_V2", init_channels=4, num_cells=3,
-                                   input_shape=(24, 24, 3))
-  model = training.TrainModel(network)
-  schedule = training.DropPathSchedule(0.2, epochs=8)
+                                  input_shape=(24, 24, 3))
+  model = train_model.TrainModel(network)
+  schedule = train_callbacks.DropPathSchedule(0.2, epochs=8)
   schedule.set_model(model)
   for epoch in (0, 3, 7):
     schedule.on_epoch_begin(epoch)
@@ -100,7 +107,7 @@ def test_drop_path_schedule_is_linear_in_the_epoch():
 
 
 def tiny_config(**overrides):
-  config = training.default_config()
+  config = train_config.default_config()
   config.update({**dict(dataset="fashion_mnist", setting="fashion_mnist", limit=1280,
                         batch_size=32, epochs=2, init_channels=6, num_cells=3,
                         learning_rate=0.05, cutout_length=8, drop_path_rate=0.2),
@@ -127,8 +134,8 @@ def interrupted_then_resumed(tmp_path_factory):
   out = str(tmp_path_factory.mktemp("train") / "run")
   interrupt, start = Interrupt(), RecordStart()
   with pytest.raises(KeyboardInterrupt):
-    training.run_training(tiny_config(), out, verbose=0, extra_callbacks=[interrupt])
-  result = training.run_training(tiny_config(), out, verbose=0, extra_callbacks=[start])
+    train_run.run_training(tiny_config(), out, verbose=0, extra_callbacks=[interrupt])
+  result = train_run.run_training(tiny_config(), out, verbose=0, extra_callbacks=[start])
   return out, interrupt, start, result
 
 
@@ -143,7 +150,7 @@ def test_training_learns_and_resumes(interrupted_then_resumed):
   # runs with seeds 0-7 gave 0.35-0.66, twice over (two exact formulations of the 5x5
   # depthwise input gradient).
   assert result.test["top1"] > 0.3
-  records = read_epoch_log(os.path.join(out, training.EPOCH_LOG))
+  records = read_epoch_log(os.path.join(out, run_directory.EPOCH_LOG))
   assert [r["epoch"] for r in records] == [1, 2]
   assert [r["drop_path_rate"] for r in records] == pytest.approx([0.0, 0.1])
   assert records[0]["learning_rate"] == pytest.approx(0.05)
@@ -160,7 +167,7 @@ def test_training_learns_and_resumes(interrupted_then_resumed):
 
 def test_evaluation_of_the_saved_weights(interrupted_then_resumed):
   out, _, _, result = interrupted_then_resumed
-  last = training.evaluate_checkpoint(out)
+  last = restore.evaluate_checkpoint(out)
   assert last["epoch"] == 2
   assert last["top1"] == pytest.approx(result.test["top1"], abs=1e-6)
   script = os.path.join(ROOT, "bin", "evaluate.py")
@@ -173,7 +180,7 @@ def test_evaluation_of_the_saved_weights(interrupted_then_resumed):
 
 def test_the_trained_run_exports_with_its_test_accuracy(interrupted_then_resumed, tmp_path):
   out, _, _, result = interrupted_then_resumed
-  with open(os.path.join(out, training.DATASET_FILE)) as f:
+  with open(os.path.join(out, train_inputs.DATASET_FILE)) as f:
     saved_info = json.load(f)
   info = datasets.dataset_info("fashion_mnist")
   assert tuple(saved_info["class_names"]) == info.class_names
@@ -189,7 +196,7 @@ def test_the_trained_run_exports_with_its_test_accuracy(interrupted_then_resumed
 def test_another_configuration_is_refused(interrupted_then_resumed):
   out = interrupted_then_resumed[0]
   with pytest.raises(UserInputError, match="holds a training with another configuration"):
-    training.run_training(tiny_config(num_cells=4), out, verbose=0)
+    train_run.run_training(tiny_config(num_cells=4), out, verbose=0)
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -198,15 +205,15 @@ def test_another_configuration_is_refused(interrupted_then_resumed):
     ({"drop_path_rate": 1.0}, "drop_path_rate"),
     ({"genotype": "NO_SUCH_CELL"}, "NO_SUCH_CELL"),
     ({"mult_add_budget": 1000}, "over the budget"),
-    ({"base_batch_size": 0}, "base_batch_size must be positive"),
+    ({"base_batch_size": 0}, "config.base_batch_size must be a positive integer, got 0"),
     ({"precision": "float16"}, "Unknown precision"),
-    ({"remapping": "yes"}, "Unknown remapping setting 'yes'; use one of auto, on, off"),
+    ({"remapping": "yes"}, "Unknown remapping setting 'yes'; choose one of auto, on, off"),
     ({"graph_optimizer": "none"}, "Unknown graph_optimizer setting 'none'"),
     ({"dataset": "svhn"}, "Unknown dataset name 'svhn'"),
 ])
 def test_bad_configuration_is_a_one_line_error(tmp_path, overrides, message):
   with pytest.raises(UserInputError, match=message):
-    training.run_training(tiny_config(**overrides), str(tmp_path / "run"), verbose=0)
+    train_run.run_training(tiny_config(**overrides), str(tmp_path / "run"), verbose=0)
   assert not os.path.exists(tmp_path / "run")
 
 
@@ -232,22 +239,22 @@ def _write_image_folder(root, split, num_classes, per_class, size=(48, 40)):
 def test_imagenet_recipe_trains_from_an_image_folder(tmp_path):
   for split, per_class in (("train", 4), ("val", 2)):
     _write_image_folder(tmp_path / "imagenet", split, num_classes=3, per_class=per_class)
-  config = training.imagenet_config()
+  config = train_config.imagenet_config()
   config.update(dict(data_dir=str(tmp_path / "imagenet"), init_channels=4, num_cells=3,
                      batch_size=4, epochs=2))
   config.imagenet.update(dict(image_size=192, resize_size=208))
   out = str(tmp_path / "run")
-  result = training.run_training(config, out, verbose=0)
-  records = read_epoch_log(os.path.join(out, training.EPOCH_LOG))
+  result = train_run.run_training(config, out, verbose=0)
+  records = read_epoch_log(os.path.join(out, run_directory.EPOCH_LOG))
   # 12 training images in batches of 4: 3 steps per epoch, x0.97 after each epoch.
   assert [r["learning_rate"] for r in records] == pytest.approx([0.1, 0.1 * 0.97])
   assert [r["drop_path_rate"] for r in records] == [0.0, 0.0]
   assert all(np.isfinite(r["loss"]) for r in records)
-  last = training.evaluate_checkpoint(out)
+  last = restore.evaluate_checkpoint(out)
   assert last["epoch"] == 2
   assert last["top1"] == pytest.approx(result.test["top1"], abs=1e-6)
   with pytest.raises(UserInputError, match="validation set"):
-    training.evaluate_checkpoint(out, split="train")
+    restore.evaluate_checkpoint(out, split="train")
 
 
 def _write_tfrecord(path, count):
@@ -265,11 +272,11 @@ def _write_tfrecord(path, count):
 def test_imagenet_tfrecord_epoch_length_comes_from_the_config(tmp_path):
   for split in ("train", "validation"):
     _write_tfrecord(tmp_path / f"{split}-00000-of-00001", 10)
-  config = training.imagenet_config()
+  config = train_config.imagenet_config()
   config.update(dict(data_dir=str(tmp_path), batch_size=4))
   config.imagenet.update(dict(image_size=16, resize_size=16, train_examples=10))
-  train_ds, _, info, steps = training.load_datasets(config)
+  train_ds, _, info, steps = train_inputs.load_datasets(config)
   assert int(train_ds.cardinality()) < 0  # shards cannot be counted without reading
   assert steps == 2 and info.num_classes == 1000
   config.limit = 5
-  assert training.load_datasets(config)[3] == 1
+  assert train_inputs.load_datasets(config)[3] == 1

@@ -1,0 +1,170 @@
+"""The run driver: one resumable sequence for every kind of run.
+
+A run is a `Task` (the search, `search.run.SearchTask`, or the training of a
+cell, `train.run.TrainingTask`): it checks its configuration and supplies the
+strategy, the data, the model, its own callbacks and what it writes at the end.
+`run_experiment(task, output_dir)` does the rest, in this order:
+
+1. check the whole configuration (`task.validate`), before any work starts;
+2. set the graph optimiser's options and create the distribution strategy;
+3. check the output directory: new, or holding this run (to resume);
+4. seed every random generator with `config.seed`;
+5. build the data and, in the strategy's scope, the model;
+6. write `config.json` (once data and model are known to work) and the task's
+   start files;
+7. restore the last finished epoch's checkpoint when resuming;
+8. `fit` the remaining epochs with the shared callbacks (input epoch, TensorBoard,
+   the epoch log, the checkpoint) around the task's own;
+9. return what `task.finish` writes and reports.
+
+Modelled on the TF Model Garden's `base_task.Task` and `train_lib.run_experiment`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import os
+from typing import Any
+
+import keras
+import ml_collections
+import tensorflow as tf
+
+from milenas_tf.core import callbacks
+from milenas_tf.core import distribution
+from milenas_tf.core import files
+from milenas_tf.core import graph_options
+from milenas_tf.core import run_directory
+
+
+@dataclasses.dataclass
+class Inputs:
+  """The data of a run.
+
+  Attributes:
+    train: the training pipeline (`fit`'s data).
+    validation: the pipeline evaluated after every epoch.
+    info: what the data is (a `data.datasets.DatasetInfo`).
+    steps_per_epoch: training steps in one epoch.
+  """
+  train: tf.data.Dataset
+  validation: tf.data.Dataset
+  info: Any
+  steps_per_epoch: int
+
+
+@dataclasses.dataclass
+class Progress:
+  """What `run_experiment` did, handed to `Task.finish`.
+
+  Attributes:
+    output_dir: the run's directory.
+    history: per-epoch logs of the epochs run by this call.
+    resumed_after: epochs finished by earlier runs when this one started.
+  """
+  output_dir: str
+  history: dict
+  resumed_after: int
+
+
+class Task(abc.ABC):
+  """One kind of run: its configuration, data, model, callbacks and final write.
+
+  Attributes:
+    kind: what the run is called in messages ("search", "training").
+    config: the run's configuration.
+  """
+
+  kind: str = "run"
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+
+  @classmethod
+  @abc.abstractmethod
+  def default_config(cls) -> ml_collections.ConfigDict:
+    """The defaults: a field a saved run lacks counts as its default there."""
+
+  @abc.abstractmethod
+  def validate(self) -> None:
+    """Checks the whole configuration; raises `UserInputError` naming the fix."""
+
+  def strategy(self) -> tf.distribute.Strategy:
+    """The run's strategy (`config.distribution`, checked against the batch)."""
+    return distribution.strategy_for_batch(self.config.distribution,
+                                           self.config.batch_size)
+
+  @abc.abstractmethod
+  def build_inputs(self, epoch: tf.Variable) -> Inputs:
+    """The data; in-memory pipelines produce the epoch that `epoch` holds."""
+
+  @abc.abstractmethod
+  def build_model(self, inputs: Inputs) -> keras.Model:
+    """The compiled, built model (called in the strategy's scope)."""
+
+  def write_start(self, output_dir: str, inputs: Inputs) -> None:
+    """Writes the task's files of a starting or resuming run (none by default)."""
+
+  def callbacks(self, output_dir: str, log_dir: str) -> list[keras.callbacks.Callback]:
+    """The task's own callbacks, run after the input epoch is set and before the
+    shared logs and the checkpoint."""
+    return []
+
+  @abc.abstractmethod
+  def finish(self, model: keras.Model, inputs: Inputs, progress: Progress) -> Any:
+    """Writes the final results and returns what the run produced."""
+
+
+def run_experiment(task: Task, output_dir: str, *, verbose: int | str = "auto",
+                   extra_callbacks: list[keras.callbacks.Callback] | None = None) -> Any:
+  """Runs a task to its last epoch; resumes from `output_dir` when it holds this run.
+
+  Args:
+    task: the run.
+    output_dir: where the configuration, checkpoints, logs and results go.
+    verbose: Keras progress-bar verbosity.
+    extra_callbacks: more Keras callbacks for `fit`, run last.
+
+  Returns:
+    What `task.finish` returns.
+
+  Raises:
+    UserInputError: for a bad configuration, missing data, or an output directory
+      holding another run.
+  """
+  config = task.config
+  task.validate()
+  graph_options.apply(config.remapping, config.graph_optimizer)
+  strategy = task.strategy()
+  resuming = run_directory.check_output_dir(output_dir, config.to_dict(), task.kind,
+                                            defaults=task.default_config().to_dict())
+  keras.utils.set_random_seed(config.seed)
+  input_epoch = callbacks.epoch_variable()
+  inputs = task.build_inputs(input_epoch)
+  with strategy.scope():
+    model = task.build_model(inputs)
+  if not resuming:
+    os.makedirs(output_dir, exist_ok=True)
+    files.write_json_atomic(os.path.join(output_dir, run_directory.CONFIG_FILE),
+                            config.to_dict())
+  task.write_start(output_dir, inputs)
+  checkpoint_dir = os.path.join(output_dir, run_directory.CHECKPOINT_DIR)
+  done = callbacks.EpochCheckpoint.restore(model, checkpoint_dir) if resuming else 0
+  if done:
+    print(f"Resuming the {task.kind} in {output_dir} after epoch {done} of "
+          f"{config.epochs}.")
+  history = {}
+  if done < config.epochs:
+    log_dir = os.path.join(output_dir, run_directory.LOG_DIR)
+    fit = model.fit(
+        inputs.train, validation_data=inputs.validation, epochs=config.epochs,
+        initial_epoch=done, verbose=verbose, shuffle=False,
+        callbacks=[callbacks.InputEpoch(input_epoch),
+                   *task.callbacks(output_dir, log_dir),
+                   keras.callbacks.TensorBoard(log_dir, write_graph=False, profile_batch=0),
+                   callbacks.EpochLog(os.path.join(output_dir, run_directory.EPOCH_LOG)),
+                   callbacks.EpochCheckpoint(checkpoint_dir),
+                   *(extra_callbacks or [])])
+    history = fit.history
+  return task.finish(model, inputs, Progress(output_dir, history, done))

@@ -1,0 +1,4 @@
+"""Input pipelines: Fashion-MNIST and CIFAR-10 (`datasets`), ImageNet (`imagenet`).
+
+May import `core` only.
+"""
