@@ -326,18 +326,76 @@ def test_zero_virtual_step_reduces_to_first_order(float64, second, first, hessia
   assert_close(got, want, rtol=1e-10, atol=1e-14)
 
 
-def test_optimizer_virtual_step_is_the_next_unclipped_optimizer_step(float64):
-  model = tiny_model("milenas_2nd", grad_clip=None)
+@pytest.mark.parametrize("virtual_step", ["darts", "optimizer"])  # "optimizer": its old name
+def test_darts_virtual_step_is_the_next_unclipped_optimizer_step(float64, virtual_step):
+  model = tiny_model("milenas_2nd", grad_clip=None, virtual_step=virtual_step)
+  assert model.virtual_step == "darts"
   train, val = batches()
-  model.train_step((train, val))  # non-zero momentum slots
+  model.train_step((train, val))  # non-zero momentum buffers
   weights = model.network.weight_variables
-  assert any(np.any(m.numpy()) for m in model.optimizer.momentums)
+  assert any(np.any(m.numpy()) for m in model.optimizer.momentum_buffers)
   grads = random_like(weights, seed=5)
   w_virtual = model.virtual_weights(values(weights), grads)
   model.optimizer.apply_gradients(
       zip(optimization.add_l2(grads, weights, model.weight_decay), weights))
-  # Keras holds the momentum hyper-parameter in float32 (0.9 -> 0.899999976).
-  assert_close(w_virtual, values(weights), rtol=1e-7, atol=1e-7)
+  assert_close(w_virtual, values(weights), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("method,coefficients,hessian", [
+    ("darts_2nd", {"val": 1.0}, "finite_difference"),
+    ("milenas_2nd", {"val": 1.3, "train": 0.6}, "finite_difference")])
+def test_reference_code_virtual_step_re_derived(float64, method, coefficients, hessian):
+  """The official MiLeNAS code's semantics, re-derived from the network's loss as a
+  function of (w, alpha): alpha steps with w (no momentum, coupled decay on both), v
+  has a part for alpha, which enters eps and moves alpha in the central difference."""
+  model = tiny_model(method, hessian=hessian, virtual_step="reference_code",
+                     lambda_val=coefficients["val"],
+                     lambda_train=coefficients.get("train", 1.0))
+  train, val = batches()
+  model.train_step((train, val))  # momentum buffers exist: the virtual step ignores them
+  net = model.network
+  stateless = Stateless(net)
+  w, alphas = values(net.weight_variables), values(net.arch_variables)
+  calls = count_passes(model)
+  got = model.arch_gradients(_Passes(model, train, val))
+  splits = len(coefficients)
+  assert calls == ["all"] * (1 + splits) + ["alpha"] * (2 * splits)
+
+  def grads_at(w_at, alphas_at, batch):
+    with tf.GradientTape() as tape:
+      tape.watch(alphas_at + w_at)
+      loss = stateless.loss(w_at, alphas_at, batch)
+    grads = tape.gradient(loss, alphas_at + w_at)
+    return grads[:len(alphas_at)], grads[len(alphas_at):]
+
+  decay = model.weight_decay
+  g_alpha, g_w = grads_at(w, alphas, train)
+  alphas_v = [a - XI * (g + decay * a) for a, g in zip(alphas, g_alpha)]
+  w_v = [a - XI * (g + decay * a) for a, g in zip(w, g_w)]
+  want = [tf.zeros_like(a) for a in alphas]
+  for split, c in coefficients.items():
+    d_alpha, d_w = grads_at(w_v, alphas_v, val if split == "val" else train)
+    eps = 0.01 / np.sqrt(sum(np.sum(t.numpy() ** 2) for t in d_alpha + d_w))
+    plus = stateless.alpha_grads([a + eps * b for a, b in zip(w, d_w)],
+                                 [a + eps * b for a, b in zip(alphas, d_alpha)], train)
+    minus = stateless.alpha_grads([a - eps * b for a, b in zip(w, d_w)],
+                                  [a - eps * b for a, b in zip(alphas, d_alpha)], train)
+    want = [t + c * (d - XI * (p - m) / (2 * eps))
+            for t, d, p, m in zip(want, d_alpha, plus, minus)]
+  assert_close(got, want, rtol=1e-8, atol=1e-12)
+  # The three semantics give three gradients.
+  others = [tiny_model(method, virtual_step=s, lambda_val=coefficients["val"],
+                       lambda_train=coefficients.get("train", 1.0)) for s in ("sgd", "darts")]
+  for other in others:
+    other.train_step((train, val))
+    assert relative_error(other.arch_gradients(_Passes(other, train, val)), want) > 1e-3
+
+
+def test_reference_code_virtual_step_refuses_exact_products():
+  with pytest.raises(UserInputError, match="virtual_step 'reference_code' moves alpha"):
+    search_model.build_search_model(num_classes=3, input_shape=SHAPE, init_channels=4,
+                                    num_cells=3, method="darts_2nd", hessian="exact",
+                                    virtual_step="reference_code")
 
 
 def test_second_order_passes_refuse_to_run_without_the_restoring_snapshot(float64):
@@ -389,7 +447,8 @@ def test_second_order_gradient_leaves_every_variable_bit_exact(float64):
 @pytest.mark.parametrize("kwargs,message", [
     (dict(hessian="newton"), "Unknown hessian 'newton'; choose one of finite_difference, "
                              "finite_difference_combined, exact, exact_recompute"),
-    (dict(virtual_step="adam"), "Unknown virtual step 'adam'; choose one of optimizer, sgd")])
+    (dict(virtual_step="adam"),
+     "Unknown virtual step 'adam'; choose one of sgd, darts, reference_code, optimizer")])
 def test_unknown_second_order_options_are_refused(kwargs, message):
   with pytest.raises(UserInputError, match=message):
     search_model.build_search_model(num_classes=3, input_shape=SHAPE, init_channels=4,

@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from milenas_tf.core import files
+from milenas_tf.core import optimization
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -28,6 +29,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
   WEIGHTS = "ckpt.weights.h5"
   STATE = "state.json"
+  # The optimisers' update rules the state was saved with: checkpoints without it hold
+  # Keras's SGD velocities, converted on restore (`optimization.from_keras_state`).
+  OPTIMIZER_RULES = "pytorch"
 
   def __init__(self, directory: str):
     super().__init__()
@@ -42,14 +46,19 @@ class EpochCheckpoint(keras.callbacks.Callback):
   @classmethod
   def restore(cls, model: keras.Model, directory: str) -> int:
     """Loads the checkpoint into a built model; returns the finished epochs."""
-    done = cls.finished_epochs(directory)
+    state = files.read_json(os.path.join(directory, cls.STATE)) or {}
+    done = int(state.get("epochs_done", 0))
     if done:
       model.load_weights(os.path.join(directory, cls.WEIGHTS))
+      if state.get("optimizer_rules") != cls.OPTIMIZER_RULES:
+        optimization.from_keras_state(model.optimizer)
     return done
 
   def on_epoch_end(self, epoch, logs=None):
     files.save_weights_atomic(self.model, os.path.join(self.directory, self.WEIGHTS))
-    files.write_json_atomic(os.path.join(self.directory, self.STATE), {"epochs_done": epoch + 1})
+    files.write_json_atomic(os.path.join(self.directory, self.STATE),
+                            {"epochs_done": epoch + 1,
+                             "optimizer_rules": self.OPTIMIZER_RULES})
 
 
 def epoch_variable(initial: int = 0) -> tf.Variable:

@@ -38,17 +38,23 @@ def default_config() -> ml_collections.ConfigDict:
   # | exact_recompute (exact, in two segments: less memory, one more pass through the
   # cells before the first reduction)
   config.hessian = "finite_difference"
-  config.virtual_step = "optimizer"  # optimizer (momentum + decay, reference code) | sgd
+  # sgd (the seed's w - xi grad_w L_tr) | darts (DARTS's code: momentum and decay)
+  # | reference_code (the official MiLeNAS code: alpha stepped with w, no momentum)
+  config.virtual_step = "sgd"
   config.lambda_train = 1.0          # weight of grad_alpha L_train (reference code's lambda)
   config.lambda_val = 1.0            # weight of grad_alpha L_val (paper Eq. 6's lambda)
   config.epochs = 50
   config.batch_size = 64
-  # Optimisers: w by SGD, alpha by Adam; both with coupled L2 decay.
+  # Optimisers: w by SGD, alpha by Adam, both with PyTorch's update rules and coupled L2
+  # decay (milenas_tf/core/optimization.py).
   config.learning_rate = 0.025
   config.learning_rate_min = 0.001   # cosine annealing floor, reached after `epochs`
   config.momentum = 0.9
   config.weight_decay = 3e-4
-  config.grad_clip = 5.0
+  # Global-norm clipping of grad_w: 0, as the official MiLeNAS search scripts (their
+  # clip_grad_norm_ call acts on alpha's gradients, which are then discarded);
+  # 5 is the DARTS paper's setting.
+  config.grad_clip = 0.0
   config.arch_learning_rate = 3e-4
   config.arch_weight_decay = 1e-3
   # Distribution (milenas_tf/core/distribution.py; first-order methods); batch_size is global.

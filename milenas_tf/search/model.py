@@ -41,6 +41,7 @@ import tensorflow as tf
 from milenas_tf.core import distribution
 from milenas_tf.core import optimization
 from milenas_tf.core import validation
+from milenas_tf.core.errors import UserInputError
 from milenas_tf.search import second_order
 from milenas_tf.search import update_rules
 from milenas_tf.search.network import SearchNetwork
@@ -128,7 +129,7 @@ class _Passes:
     return self._model.virtual_learning_rate()
 
   def start_at(self, weights):
-    """Declares `weights` (a snapshot of w) as the values the variables hold now."""
+    """Declares `weights` (a snapshot of `virtual_variables`) as their values now."""
     self._weights = self._assigned = weights
 
   def _original_weights(self):
@@ -141,7 +142,7 @@ class _Passes:
   def _move_to(self, weights):
     # Passes only read w: consecutive passes at the same point share one assignment.
     if weights is not self._assigned:
-      second_order.assign(self._model.network.weight_variables, weights)
+      second_order.assign(self._model.virtual_variables, weights)
       self._assigned = weights
 
   def _pass_at(self, weights, wrt, batch):
@@ -150,15 +151,23 @@ class _Passes:
 
   def unrolled_grads(self, split):
     if split not in self._unrolled:
-      weights = self._original_weights()
+      model = self._model
+      start = self._original_weights()
+      num_alpha = len(model.network.arch_variables)
       if self._virtual is None:
-        grads = self._train_weights
+        if model.steps_alpha:  # the virtual step moves (alpha, w): grads of both
+          grads = (None if self._train_weights is None
+                   else list(self.train_alpha_grads()) + list(self._train_weights))
+          wrt = "all"
+        else:
+          grads, wrt = self._train_weights, "weights"
         if grads is None:
-          grads = self._pass_at(weights, "weights", self._train)
-        self._virtual = self._model.virtual_weights(weights, grads)
+          grads = self._pass_at(start, wrt, self._train)
+        self._virtual = model.virtual_weights(start, grads)
       grads = self._pass_at(self._virtual, "all", self._train if split == "train" else self._val)
-      num_alpha = len(self._model.network.arch_variables)
-      self._unrolled[split] = (grads[:num_alpha], grads[num_alpha:])
+      # v: the gradient along what the virtual step moved.
+      vector = grads if model.steps_alpha else grads[num_alpha:]
+      self._unrolled[split] = (grads[:num_alpha], vector)
     return self._unrolled[split]
 
   def hessian_vector_products(self, terms):
@@ -192,14 +201,16 @@ class SearchModel(keras.Model):
     lambda_val: weight of grad_alpha L_val in `milenas` (the paper's Eq. 6 lambda).
     weight_decay: coupled L2 on w.
     arch_weight_decay: coupled L2 on alpha.
-    grad_clip: global-norm clip of grad_w (None or 0: no clipping).
+    grad_clip: global-norm clip of grad_w, as `torch.nn.utils.clip_grad_norm_` (None
+      or 0: no clipping, as the official MiLeNAS search; 5 is the DARTS paper's).
     hessian: second-order methods: "finite_difference" (the papers'),
       "finite_difference_combined" (one central difference for both splits of
       `milenas_2nd`), "exact" (nested tapes) or "exact_recompute" (the exact
       product in two segments, for less memory); see `second_order`.
-    virtual_step: second-order methods: "optimizer" (w' is the w optimiser's next
-      step with momentum and coupled decay, unclipped, as the reference code) or
-      "sgd" (the papers' w - xi grad_w L_tr).
+    virtual_step: second-order methods: "sgd" (the seed's w - xi grad_w L_tr),
+      "darts" (DARTS's code: the w optimiser's next step with momentum and coupled
+      decay, unclipped) or "reference_code" (the official MiLeNAS code: alpha
+      stepped with w, without momentum, and part of v); see `second_order`.
     finite_difference_radius: eps * ||v|| of the finite differences.
 
   Raises:
@@ -209,8 +220,8 @@ class SearchModel(keras.Model):
   def __init__(self, network: SearchNetwork, method: str = "milenas",
                order: str = "reference", lambda_train: float = 1.0,
                lambda_val: float = 1.0, weight_decay: float = 3e-4,
-               arch_weight_decay: float = 1e-3, grad_clip: float | None = 5.0,
-               hessian: str = "finite_difference", virtual_step: str = "optimizer",
+               arch_weight_decay: float = 1e-3, grad_clip: float | None = 0.0,
+               hessian: str = "finite_difference", virtual_step: str = "sgd",
                finite_difference_radius: float = 0.01, **kwargs):
     super().__init__(**kwargs)
     self.rule = update_rules.get_rule(method)
@@ -222,8 +233,14 @@ class SearchModel(keras.Model):
     self.grad_clip = grad_clip
     self.second_order = method in update_rules.SECOND_ORDER_METHODS
     self.hessian = validation.check_choice("hessian", hessian, second_order.HESSIANS)
-    self.virtual_step = validation.check_choice("virtual step", virtual_step,
-                                                second_order.VIRTUAL_STEPS)
+    virtual_step = validation.check_choice("virtual step", virtual_step,
+                                           second_order.VIRTUAL_STEPS)
+    self.virtual_step = second_order.VIRTUAL_STEP_ALIASES.get(virtual_step, virtual_step)
+    if self.virtual_step == "reference_code" and self.hessian in second_order.EXACT_HESSIANS:
+      raise UserInputError(
+          f"virtual_step 'reference_code' moves alpha in its finite differences; use "
+          f"hessian 'finite_difference' or 'finite_difference_combined', not "
+          f"{self.hessian!r}.")
     self.finite_difference_radius = finite_difference_radius
     self.loss_tracker = keras.metrics.Mean(name="loss")
     self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
@@ -305,18 +322,36 @@ class SearchModel(keras.Model):
           lambda x, y, vector: network_exact_hvp(network, x, y, vector, cut))
     return self._pass_functions[key](x, y, vector)
 
+  @property
+  def steps_alpha(self) -> bool:
+    """Whether the virtual step moves alpha with w (`virtual_step="reference_code"`)."""
+    return self.virtual_step == "reference_code"
+
+  @property
+  def virtual_variables(self) -> list:
+    """What the virtual step and the finite differences move: w, or (alpha, w)."""
+    network = self.network
+    if self.steps_alpha:
+      return network.arch_variables + network.weight_variables
+    return network.weight_variables
+
   def virtual_learning_rate(self) -> tf.Tensor:
     """xi of the virtual step: the w learning rate of the coming step."""
     return tf.convert_to_tensor(self.optimizer.learning_rate)
 
   def virtual_weights(self, weights, grads) -> list[tf.Tensor]:
-    """w' from w and grad_w L_tr(w, alpha) (see `virtual_step` in the class docstring)."""
+    """The virtual step from `virtual_variables`' values and their gradients on the
+    train batch (see `virtual_step` in the class docstring)."""
+    xi = self.virtual_learning_rate()
     if self.virtual_step == "sgd":
-      return second_order.virtual_step(weights, grads, self.virtual_learning_rate())
+      return second_order.virtual_step(weights, grads, xi)
+    if self.virtual_step == "reference_code":
+      return second_order.virtual_step(weights, grads, xi, weight_decay=self.weight_decay)
+    optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
     return second_order.virtual_step(
-        weights, grads, self.virtual_learning_rate(), weight_decay=self.weight_decay,
-        momentum=float(getattr(self.optimizer, "momentum", 0.0)),
-        velocities=getattr(self.optimizer, "momentums", None))
+        weights, grads, xi, weight_decay=self.weight_decay,
+        momentum=float(getattr(optimizer, "momentum", 0.0)),
+        buffers=getattr(optimizer, "momentum_buffers", None))
 
   def apply_arch_gradients(self, grads) -> None:
     """Coupled decay, then the alpha optimiser."""
@@ -339,10 +374,9 @@ class SearchModel(keras.Model):
     """
     if not self.second_order:
       return self.rule(passes, lambda_train=self.lambda_train, lambda_val=self.lambda_val)
-    network = self.network
-    weights = network.weight_variables
-    with second_order.preserved(weights + network.non_trainable_variables) as snapshot:
-      passes.start_at(snapshot[:len(weights)])
+    moved = self.virtual_variables
+    with second_order.preserved(moved + self.network.non_trainable_variables) as snapshot:
+      passes.start_at(snapshot[:len(moved)])
       grads = self.rule(passes, lambda_train=self.lambda_train, lambda_val=self.lambda_val)
     return grads
 
@@ -379,10 +413,10 @@ def build_search_model(num_classes: int, input_shape: tuple[int, int, int], *,
                        epochs: int = 50, steps_per_epoch: int = 1,
                        learning_rate: float = 0.025, learning_rate_min: float = 0.001,
                        momentum: float = 0.9, weight_decay: float = 3e-4,
-                       grad_clip: float = 5.0, arch_learning_rate: float = 3e-4,
+                       grad_clip: float = 0.0, arch_learning_rate: float = 3e-4,
                        arch_weight_decay: float = 1e-3, lambda_train: float = 1.0,
                        lambda_val: float = 1.0, hessian: str = "finite_difference",
-                       virtual_step: str = "optimizer") -> SearchModel:
+                       virtual_step: str = "sgd") -> SearchModel:
   """A compiled, built `SearchModel` with the reference optimisers (DESIGN.md §3).
 
   Build it inside a distribution strategy's scope when one is used.

@@ -23,6 +23,22 @@ MiLeNAS-2nd, with eps taken from the sum's norm), "exact" (always along the sum)
 and "exact_recompute" (the exact product, segmented after the cells before the first
 reduction).
 
+`VIRTUAL_STEPS` names what the virtual step (and so the vector v) covers, three
+semantics found in the papers and their code:
+
+- "sgd" (the default): the seed's formula (MiLeNAS supplementary B, DARTS Eq. 7),
+  w' = w - xi grad_w L_tr(w, alpha); v = grad_w' L_s(w', alpha).
+- "darts": DARTS's code (`architect._compute_unrolled_model`), w' = w - xi (grad_w
+  L_tr + weight_decay w + momentum buf) with the w optimiser's momentum buffers;
+  alpha is not among the stepped parameters.
+- "reference_code": the official MiLeNAS code, whose alpha are `nn.Parameter`s of the
+  model and so stepped with w: no momentum buffer exists for alpha, so none is used
+  for any parameter; (w', alpha') = (w, alpha) - xi (grad L_tr + weight_decay (w,
+  alpha)); v = grad_{(w', alpha')} L_s(w', alpha') has a part for alpha, which enters
+  eps = radius / ||v|| and moves alpha by +/- eps v_alpha in the central difference.
+  Finite differences only: the product then differentiates through alpha too.
+- "optimizer" is the earlier name of "darts", kept for runs written with it.
+
 The functions are pure over tensors and variables: the caller evaluates passes at
 other weights by assigning them (`assign`) inside `preserved`, which puts every
 variable back, bit for bit, when it exits.
@@ -39,21 +55,22 @@ HESSIANS = ("finite_difference", "finite_difference_combined", "exact", "exact_r
 # The products formed once along the weighted sum of the vectors.
 COMBINED_HESSIANS = ("finite_difference_combined", "exact", "exact_recompute")
 EXACT_HESSIANS = ("exact", "exact_recompute")
-VIRTUAL_STEPS = ("optimizer", "sgd")
+VIRTUAL_STEPS = ("sgd", "darts", "reference_code", "optimizer")
+# Earlier names of a virtual step.
+VIRTUAL_STEP_ALIASES = {"optimizer": "darts"}
 
 Tensors = Sequence[tf.Tensor]
 
 
 def virtual_step(weights: Tensors, grads: Tensors, xi: tf.Tensor, *,
                  weight_decay: float = 0.0, momentum: float = 0.0,
-                 velocities: Sequence | None = None) -> list[tf.Tensor]:
-  """One virtual SGD step, w' = w - xi (g + weight_decay w) + momentum m.
+                 buffers: Sequence | None = None) -> list[tf.Tensor]:
+  """One virtual SGD step, w' = w - xi (g + weight_decay w + momentum buf).
 
-  With `weight_decay=0` and no velocities this is the papers' w - xi grad_w L_tr.
-  With the w optimiser's coupled decay, momentum and velocity slots it is the
-  step that optimiser would take next, unclipped (the reference code's
-  `_compute_unrolled_model`; Keras keeps the learning rate inside the velocity
-  m, so momentum * m is PyTorch's -xi * momentum * buffer at a constant rate).
+  With `weight_decay=0` and no buffers this is the papers' w - xi grad_w L_tr.
+  With the w optimiser's coupled decay, momentum and momentum buffers (PyTorch's,
+  `optimization.TorchSGD`) it is the step that optimiser would take next,
+  unclipped (DARTS's `_compute_unrolled_model`).
 
   Args:
     weights: w, tensors or variables.
@@ -61,7 +78,7 @@ def virtual_step(weights: Tensors, grads: Tensors, xi: tf.Tensor, *,
     xi: the step size (the current w learning rate).
     weight_decay: coupled L2 added to the gradient.
     momentum: the optimiser's momentum.
-    velocities: the optimiser's velocity per weight, or None (no momentum term).
+    buffers: the optimiser's momentum buffer per weight, or None (no momentum term).
 
   Returns:
     w', one tensor per weight.
@@ -75,10 +92,10 @@ def virtual_step(weights: Tensors, grads: Tensors, xi: tf.Tensor, *,
   for i, (w, g) in enumerate(zip(weights, grads)):
     neg_xi, decay, momentum_ = scalars[w.dtype]
     g = tf.cast(g, w.dtype)
-    step = neg_xi * (g + decay * w if weight_decay else g)
-    if velocities and momentum:
-      step += momentum_ * tf.cast(velocities[i], w.dtype)
-    out.append(w + step)
+    direction = g + decay * w if weight_decay else g
+    if buffers and momentum:
+      direction += momentum_ * tf.cast(buffers[i], w.dtype)
+    out.append(w + neg_xi * direction)
   return out
 
 

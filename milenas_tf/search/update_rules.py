@@ -59,9 +59,14 @@ class SecondOrderPasses(GradientPasses, Protocol):
 
 def milenas(passes: GradientPasses, lambda_train: float = 1.0,
             lambda_val: float = 1.0) -> list[tf.Tensor]:
-  """Mixed-level gradient (MiLeNAS Eq. 7, first order)."""
-  return [lambda_val * gv + lambda_train * gt
-          for gv, gt in zip(passes.val_alpha_grads(), passes.train_alpha_grads())]
+  """Mixed-level gradient (MiLeNAS Eq. 7, first order).
+
+  The train pass runs before the val pass, as in the reference code: the batch-norm
+  running statistics that the passes update then come out the same.
+  """
+  train = passes.train_alpha_grads()
+  val = passes.val_alpha_grads()
+  return [lambda_val * gv + lambda_train * gt for gv, gt in zip(val, train)]
 
 
 def darts_1st(passes: GradientPasses, **unused) -> list[tf.Tensor]:

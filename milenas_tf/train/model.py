@@ -17,16 +17,18 @@ from milenas_tf.train import networks
 
 def classification_loss(labels: tf.Tensor, logits: tf.Tensor,
                         label_smoothing: float = 0.0) -> tf.Tensor:
-  """Mean cross-entropy against `(1 - s) * one_hot + s / K` targets, in float32.
+  """Mean cross-entropy against `(1 - s) * one_hot + s / K` targets.
 
-  The reference `CrossEntropyLabelSmooth` for s > 0, plain cross-entropy at 0.
+  The reference `CrossEntropyLabelSmooth` for s > 0, plain cross-entropy at 0. In
+  float32 (float16 logits are cast up), or in float64 for float64 logits.
   """
-  logits = tf.cast(logits, tf.float32)
+  dtype = tf.float64 if logits.dtype == tf.float64 else tf.float32
+  logits = tf.cast(logits, dtype)
   log_probs = tf.nn.log_softmax(logits)
-  targets = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(logits)[-1])
+  targets = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(logits)[-1], dtype=dtype)
   if label_smoothing:
     targets = (1.0 - label_smoothing) * targets + label_smoothing / tf.cast(
-        tf.shape(logits)[-1], tf.float32)
+        tf.shape(logits)[-1], dtype)
   return tf.reduce_mean(-tf.reduce_sum(targets * log_probs, axis=-1))
 
 
@@ -105,6 +107,7 @@ class TrainModel(keras.Model):
 
   def _update_metrics(self, loss, y, logits):
     self.loss_tracker.update_state(loss)
+    logits = tf.cast(logits, tf.float32)  # top-k has no float64 kernel
     self.top1.update_state(y, logits)
     self.top5.update_state(y, logits)
     return {m.name: m.result() for m in self.metrics}

@@ -187,6 +187,11 @@ class AuxiliaryHead(keras.layers.Layer):
             "second_bn": self.second_bn, "sync_batch_norm": self.sync_batch_norm}
 
 
+def _full_precision(logits: tf.Tensor) -> tf.Tensor:
+  """Logits in float32 under mixed precision; float32 and float64 kept as they are."""
+  return logits if logits.dtype in (tf.float32, tf.float64) else tf.cast(logits, tf.float32)
+
+
 def _cell_output_shape(shape: tuple, channels: int, reduction: bool) -> tuple:
   height, width = shape[1], shape[2]
   if reduction:
@@ -284,8 +289,8 @@ class EvalNetwork(keras.Model):
     for i, cell in enumerate(self.cells):
       s0, s1 = s1, cell(s0, s1, self.drop_path_rate, training=training)
       if training and i == self.aux_index and self.auxiliary_head is not None:
-        aux_logits = tf.cast(self.auxiliary_head(s1, training=training), tf.float32)
-    logits = tf.cast(self.classifier(tf.reduce_mean(s1, axis=[1, 2])), tf.float32)
+        aux_logits = _full_precision(self.auxiliary_head(s1, training=training))
+    logits = _full_precision(self.classifier(tf.reduce_mean(s1, axis=[1, 2])))
     return logits if aux_logits is None else (logits, aux_logits)
 
   def get_config(self):
