@@ -72,6 +72,8 @@ def test_installed_package_runs_its_scripts_with_the_installed_configs(tmp_path)
   """A wheel installed in a fresh environment: its scripts run from anywhere and find
   their default configuration where the package installed it."""
   wheel_dir, env = tmp_path / "wheel", tmp_path / "env"
+  # The installed package must be the one imported, whatever the caller's path says.
+  clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
                   "--no-build-isolation", "-w", str(wheel_dir), ROOT],
                  check=True, capture_output=True, timeout=300, cwd=tmp_path)
@@ -80,7 +82,7 @@ def test_installed_package_runs_its_scripts_with_the_installed_configs(tmp_path)
   python = str(env / "bin" / "python")
   subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps",
                   *glob.glob(str(wheel_dir / "*.whl"))],
-                 check=True, capture_output=True, timeout=300)
+                 check=True, capture_output=True, timeout=300, env=clean)
   configs = sorted(os.path.basename(p) for p in
                    glob.glob(str(env / "share" / "milenas_tf" / "configs" / "*.py")))
   assert configs == sorted(os.path.basename(p)
@@ -89,12 +91,13 @@ def test_installed_package_runs_its_scripts_with_the_installed_configs(tmp_path)
   # the package imported is the installed one, not this source tree.
   proc = subprocess.run([str(env / "bin" / "search.py"), "--config.epochs=0",
                          f"--output_dir={tmp_path / 'run'}"],
-                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=clean)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert proc.stderr.strip().splitlines()[-1] == (
       "error: config.epochs must be a positive integer, got 0.")
   where = subprocess.run([python, "-c", "import milenas_tf; print(milenas_tf.__file__)"],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env=clean)
   assert where.stdout.strip().startswith(str(env)), where.stdout
   for script in glob.glob(os.path.join(ROOT, "bin", "*.py")):
     assert os.access(env / "bin" / os.path.basename(script), os.X_OK), script

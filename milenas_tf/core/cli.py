@@ -9,11 +9,15 @@ explicit `TF_ENABLE_ONEDNN_OPTS=0` in the environment is respected.
 
 Bad input ends a script with one line on stderr and exit status 2: a missing or
 broken configuration file, an unknown `--config.FIELD`, a value of the wrong type,
-and every `UserInputError` of the library.
+and every `UserInputError` of the library (a diverged run's `DivergenceError`
+included). So does a fault of the disk or of permissions (an `OSError`: no space
+left, a read-only directory, a path in the way that is a file): its reason, the
+path and what to do.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Callable, NoReturn
@@ -106,14 +110,46 @@ def parse_flags(argv: list[str]) -> list[str]:
     _fail(f"{e}; see --helpfull for the flags.")
 
 
+# What to do about an `OSError`, by errno; `_OS_ERROR_FIX` for the others.
+_OS_ERROR_FIXES = {
+    errno.ENOSPC: "free some space, or choose a directory on another disk, then rerun "
+                  "(a run resumes from its last finished epoch)",
+    errno.EDQUOT: "free some of your quota, or choose a directory on another disk, then "
+                  "rerun (a run resumes from its last finished epoch)",
+    errno.EROFS: "choose a path on a writable disk",
+    errno.EACCES: "change its permissions, or choose a path you may write to",
+    errno.EPERM: "change its permissions, or choose a path you may write to",
+    errno.ENOTDIR: "a part of the path is a file, not a directory; choose another path",
+    errno.EEXIST: "a file is in the way; choose another path or move the file",
+    errno.EISDIR: "a directory is where a file should be; choose another path",
+    errno.ENOENT: "check the path",
+}
+_OS_ERROR_FIX = "check the path, the disk and the permissions, then rerun"
+
+
+def os_error_line(e: OSError) -> str:
+  """An `OSError` as one line: "<reason>: <path>; <what to do>".
+
+  Args:
+    e: the error (its `strerror`, `filename` and `filename2` when set).
+  """
+  reason = e.strerror or (str(e).splitlines() or [type(e).__name__])[0]
+  paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
+  where = f": {' -> '.join(paths)}" if paths else ""
+  return f"{reason}{where}; {_OS_ERROR_FIXES.get(e.errno, _OS_ERROR_FIX)}."
+
+
 def run(main: Callable[[list[str]], None]) -> None:
-  """`absl.app.run`, printing bad input and interruptions as one line."""
+  """`absl.app.run`, printing bad input, disk and permission faults, and interruptions
+  as one line."""
 
   def guarded(argv):
     try:
       main(argv)
     except UserInputError as e:
       _fail(str(e))
+    except OSError as e:
+      _fail(os_error_line(e))
     except KeyboardInterrupt:
       print("Interrupted; rerun the same command to resume from the last finished epoch.",
             file=sys.stderr)

@@ -7,15 +7,18 @@ strategy, the data, the model, its own callbacks and what it writes at the end.
 
 1. check the whole configuration (`task.validate`), before any work starts;
 2. set the graph optimiser's options and create the distribution strategy;
-3. check the output directory: new, or holding this run (to resume);
+3. lock the output directory for the life of the run (`lock.DirectoryLock`: one
+   run per directory) and check it: new, or holding this run (to resume);
 4. seed every random generator with `config.seed`;
 5. build the data and, in the strategy's scope, the model;
 6. write `config.json` (once data and model are known to work) and the task's
    start files;
 7. restore the last finished epoch's checkpoint when resuming;
-8. `fit` the remaining epochs with the shared callbacks (input epoch, TensorBoard,
-   the epoch log, the checkpoint) around the task's own;
-9. return what `task.finish` writes and reports.
+8. `fit` the remaining epochs with the shared callbacks (input epoch, the
+   divergence guard, TensorBoard, the epoch log, the checkpoint) around the
+   task's own; the guard comes before every callback that writes the model, so a
+   NaN or infinite loss or weight stops the run before it is saved;
+9. return what `task.finish` writes and reports, and release the lock.
 
 Modelled on the TF Model Garden's `base_task.Task` and `train_lib.run_experiment`.
 """
@@ -33,8 +36,10 @@ import tensorflow as tf
 
 from milenas_tf.core import callbacks
 from milenas_tf.core import distribution
+from milenas_tf.core import divergence
 from milenas_tf.core import files
 from milenas_tf.core import graph_options
+from milenas_tf.core import lock
 from milenas_tf.core import run_directory
 
 
@@ -107,8 +112,8 @@ class Task(abc.ABC):
     """Writes the task's files of a starting or resuming run (none by default)."""
 
   def callbacks(self, output_dir: str, log_dir: str) -> list[keras.callbacks.Callback]:
-    """The task's own callbacks, run after the input epoch is set and before the
-    shared logs and the checkpoint."""
+    """The task's own callbacks, run after the input epoch is set and the divergence
+    guard has checked the epoch, and before the shared logs and the checkpoint."""
     return []
 
   @abc.abstractmethod
@@ -130,13 +135,24 @@ def run_experiment(task: Task, output_dir: str, *, verbose: int | str = "auto",
     What `task.finish` returns.
 
   Raises:
-    UserInputError: for a bad configuration, missing data, or an output directory
-      holding another run.
+    UserInputError: for a bad configuration, missing data, an output directory
+      holding another run or in use by another process.
+    DivergenceError: (a `UserInputError`) at the first NaN or infinite loss or weight.
   """
   config = task.config
   task.validate()
   graph_options.apply(config.remapping, config.graph_optimizer)
   strategy = task.strategy()
+  # Checked under the lock, so that the answer (new, or this run) holds for the run.
+  with lock.DirectoryLock(output_dir, task.kind):
+    return _run_locked(task, output_dir, strategy, verbose, extra_callbacks)
+
+
+def _run_locked(task: Task, output_dir: str, strategy: tf.distribute.Strategy,
+                verbose: int | str, extra_callbacks: list[keras.callbacks.Callback] | None
+                ) -> Any:
+  """`run_experiment` from the output directory's check on, with the directory locked."""
+  config = task.config
   resuming = run_directory.check_output_dir(output_dir, config.to_dict(), task.kind,
                                             defaults=task.default_config().to_dict())
   keras.utils.set_random_seed(config.seed)
@@ -161,6 +177,7 @@ def run_experiment(task: Task, output_dir: str, *, verbose: int | str = "auto",
         inputs.train, validation_data=inputs.validation, epochs=config.epochs,
         initial_epoch=done, verbose=verbose, shuffle=False,
         callbacks=[callbacks.InputEpoch(input_epoch),
+                   divergence.DivergenceGuard(task.kind, divergence.advice_for(config)),
                    *task.callbacks(output_dir, log_dir),
                    keras.callbacks.TensorBoard(log_dir, write_graph=False, profile_batch=0),
                    callbacks.EpochLog(os.path.join(output_dir, run_directory.EPOCH_LOG)),

@@ -4,18 +4,26 @@ Every file a run writes goes through `atomic_write`: it is written beside its
 target under a temporary name, flushed, and renamed into place, so a reader (or a
 resumed run) sees the old file or the new one, never half of one; a failed write
 removes its temporary file.
+
+Keras weights files are written by HDF5, which does not survive a full disk (the
+process crashes while closing the half-written file), so `save_weights_atomic`
+first checks that the file fits (`check_free_space`) and raises an `OSError`
+(ENOSPC) that the scripts print in one line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from typing import Any, Callable, Iterator
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 
 @contextlib.contextmanager
@@ -80,8 +88,43 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     return None
 
 
+def check_free_space(path: str | os.PathLike[str], needed: int) -> None:
+  """Raises `OSError` (ENOSPC) if `needed` bytes do not fit beside `path`.
+
+  Args:
+    path: the file about to be written (its directory is created if missing).
+    needed: the bytes it needs.
+
+  Raises:
+    OSError: ENOSPC, with the free and needed sizes and the path.
+  """
+  directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+  os.makedirs(directory, exist_ok=True)
+  free = shutil.disk_usage(directory).free
+  if free < needed:
+    raise OSError(errno.ENOSPC, f"No space left on device ({free / 2**20:.1f} MiB free, "
+                                f"about {needed / 2**20:.1f} MiB needed)", os.fspath(path))
+
+
+def weights_file_bytes(model: keras.Model, path: str | os.PathLike[str]) -> int:
+  """A generous estimate of the size of `model`'s weights file at `path`.
+
+  The larger of the file already there (the previous checkpoint) and three times the
+  model's weights (the weights and up to two optimiser slots each), plus a tenth and
+  1 MiB for HDF5's metadata.
+  """
+  weights = sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in model.weights)
+  existing = os.path.getsize(path) if os.path.exists(path) else 0
+  return int(max(existing, 3 * weights) * 1.1) + 2**20
+
+
 def save_weights_atomic(model: keras.Model, path: str | os.PathLike[str]) -> None:
-  """Saves a model's weights (`.weights.h5`) atomically."""
+  """Saves a model's weights (`.weights.h5`) atomically, if they fit on the disk.
+
+  Raises:
+    OSError: ENOSPC if the disk has no room for them (checked before HDF5 writes).
+  """
+  check_free_space(path, weights_file_bytes(model, path))
   atomic_write(path, model.save_weights, suffix=".weights.h5")
 
 

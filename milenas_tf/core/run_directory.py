@@ -7,6 +7,7 @@ import os
 from typing import Sequence
 
 from milenas_tf.core import files
+from milenas_tf.core import lock
 from milenas_tf.core.errors import UserInputError
 
 # What every run directory holds (search and training add their own files).
@@ -14,6 +15,7 @@ CONFIG_FILE = "config.json"        # the run's configuration; a rerun must match
 EPOCH_LOG = "epochs.jsonl"         # one JSON line per finished epoch
 CHECKPOINT_DIR = "checkpoints"     # the state of the last finished epoch
 LOG_DIR = "logs"                   # TensorBoard
+LOCK_FILE = lock.LOCK_FILE         # held by the running process (`lock.DirectoryLock`)
 # Keys that may differ between a run and its resumption: where the data comes from and
 # how the same computation runs.
 RESUME_FREE_KEYS = ("data_dir", "data_source", "distribution", "remapping",
@@ -56,7 +58,8 @@ def check_output_dir(output_dir: str, config: dict, kind: str,
 
   Returns:
     True if the directory holds a run of the same configuration (to resume);
-    False if it is new or empty.
+    False if it is new or empty (a lock file alone, `LOCK_FILE`, counts as empty:
+    the run's own lock, or one left by a killed run).
 
   Raises:
     UserInputError: if the directory holds another run, an unreadable
@@ -72,7 +75,7 @@ def check_output_dir(output_dir: str, config: dict, kind: str,
           f"{output_dir} holds a {kind} with another configuration ({'; '.join(diffs)}); "
           "rerun with the same configuration to resume, or choose another --output_dir.")
     return True
-  if os.path.isdir(output_dir) and os.listdir(output_dir):
+  if os.path.isdir(output_dir) and set(os.listdir(output_dir)) - {LOCK_FILE}:
     raise UserInputError(
         f"{output_dir} is not empty and holds no {kind} ({CONFIG_FILE} is missing); "
         "choose a new or empty --output_dir.")

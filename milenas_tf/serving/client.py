@@ -59,7 +59,7 @@ def load_inputs(paths: Sequence[str]) -> Inputs:
 
   Raises:
     UserInputError: for no paths, a missing or unreadable file, a `.npy` mixed with
-      other files, or an array that is not uint8 of rank 3 or 4.
+      other files, an array that is not uint8 of rank 3 or 4, or an empty one.
   """
   if not paths:
     raise UserInputError("Nothing to classify: give image files or one .npy batch.")
@@ -81,6 +81,10 @@ def load_inputs(paths: Sequence[str]) -> Inputs:
           f"{paths[0]} holds a {array.dtype} array of shape {array.shape}; the model "
           "takes uint8 pixels [batch, height, width, channels] (or one image "
           "[height, width, channels]).")
+    if array.size == 0:  # a kernel error in the model otherwise, or an empty answer
+      raise UserInputError(
+          f"{paths[0]} holds no pixels (shape {array.shape}); give a batch of at least "
+          "one image [batch, height, width, channels] with batch, height and width >= 1.")
     name = os.path.basename(paths[0])
     return Inputs(export.PIXELS_SIGNATURE, array,
                   [f"{name}[{i}]" for i in range(len(array))])

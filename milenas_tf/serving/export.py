@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from milenas_tf.core import divergence
 from milenas_tf.core.errors import UserInputError
 from milenas_tf.data import datasets
 from milenas_tf.data import imagenet
@@ -216,9 +217,12 @@ def export_network(network: keras.Model, info: datasets.DatasetInfo, base_dir: s
     The `ExportResult`.
 
   Raises:
-    UserInputError: for a bad name or version, or a version that exists.
+    UserInputError: for a bad name or version, a version that exists, or a network
+      with NaN or infinite weights.
   """
   _check_name(model_name)
+  divergence.check_finite(network.weights, "the network to export",
+                          "export the weights of a training that did not diverge.")
   model_dir = os.path.join(base_dir, model_name)
   if version is None:
     version = next_version(model_dir)
@@ -269,12 +273,13 @@ def export_run(output_dir: str, base_dir: str, model_name: str | None = None, *,
     The `ExportResult`.
 
   Raises:
-    UserInputError: if the run or its weights are missing, or as `export_network`.
+    UserInputError: if the run or its weights are missing or not finite, or as
+      `export_network`.
   """
   trained = restore.load_trained_model(output_dir, which)
   name = model_name or os.path.basename(os.path.normpath(output_dir))
-  return _export_trained(trained.model, trained.config, trained.info, base_dir, name,
-                         **kwargs)
+  return _export_trained(trained.model, trained.config, trained.info, trained.weights_path,
+                         base_dir, name, **kwargs)
 
 
 def export_weights(config: ml_collections.ConfigDict, weights_path: str, base_dir: str,
@@ -293,20 +298,26 @@ def export_weights(config: ml_collections.ConfigDict, weights_path: str, base_di
     The `ExportResult`.
 
   Raises:
-    UserInputError: for a bad configuration, or weights that are missing or do not
-      fit, or as `export_network`.
+    UserInputError: for a bad configuration, or weights that are missing, do not fit
+      or are not finite, or as `export_network`.
   """
   train_config.validate(config)
   info = train_inputs.config_dataset_info(config)
   model = restore.build_with_weights(config, info, weights_path)
-  return _export_trained(model, config, info, base_dir, model_name, **kwargs)
+  return _export_trained(model, config, info, weights_path, base_dir, model_name, **kwargs)
 
 
 def _export_trained(model: train_model.TrainModel, config: ml_collections.ConfigDict,
-                    info: datasets.DatasetInfo, base_dir: str, model_name: str,
-                    **kwargs) -> ExportResult:
-  """`export_network` of a `TrainModel`'s network; ImageNet runs resize encoded
-  images as their evaluation does unless `resize_size` is given."""
+                    info: datasets.DatasetInfo, weights_path: str, base_dir: str,
+                    model_name: str, **kwargs) -> ExportResult:
+  """`export_network` of a `TrainModel`'s network loaded from `weights_path`, which
+  must be finite; ImageNet runs resize encoded images as their evaluation does unless
+  `resize_size` is given."""
+  divergence.check_finite(
+      model.network.weights, weights_path,
+      "the training that wrote them diverged; export the weights of a run that did not "
+      "(--which=best keeps the best epoch's), or retrain with a lower "
+      "--config.learning_rate.")
   if config.dataset == "imagenet":
     kwargs.setdefault("resize_size", train_config.run_imagenet_options(config).resize_size)
   return export_network(model.network, info, base_dir, model_name, **kwargs)

@@ -28,11 +28,13 @@ class TrainedModel:
     config: the run's configuration.
     info: the `DatasetInfo` it was trained on (image shape, statistics, class names).
     epoch: the epoch the weights are from.
+    weights_path: the `.weights.h5` file they were loaded from.
   """
   model: train_model.TrainModel
   config: ml_collections.ConfigDict
   info: datasets.DatasetInfo
   epoch: int
+  weights_path: str = ""
 
 
 def _run_config(output_dir: str) -> ml_collections.ConfigDict:
@@ -102,7 +104,7 @@ def load_trained_model(output_dir: str, which: str = "last",
   if not os.path.exists(path):
     raise UserInputError(f"{path} does not exist; train at least one epoch first.")
   info = train_inputs.run_dataset_info(output_dir, config)
-  return TrainedModel(build_with_weights(config, info, path), config, info, epoch)
+  return TrainedModel(build_with_weights(config, info, path), config, info, epoch, path)
 
 
 def evaluate_checkpoint(output_dir: str, split: str = "test", which: str = "last",
