@@ -2,6 +2,7 @@
 training with one line saying where and what to lower, before anything non-finite is
 saved; the export refuses non-finite weights."""
 
+import glob
 import os
 import re
 import subprocess
@@ -160,8 +161,8 @@ def test_a_diverging_training_stops_in_one_line_and_saves_nothing_non_finite(tmp
   assert message.endswith("rerun in another --output_dir with a lower "
                           "--config.learning_rate (now 1000000.0).")
   best = os.path.join(out, train_callbacks.BEST_DIR, train_callbacks.BestWeights.WEIGHTS)
-  checkpoint = os.path.join(out, run_directory.CHECKPOINT_DIR, EpochCheckpoint.WEIGHTS)
-  assert_nothing_non_finite_saved(out, diverged_epoch(message), [best, checkpoint])
+  checkpoints = glob.glob(os.path.join(out, run_directory.CHECKPOINT_DIR, "*", "*.h5"))
+  assert_nothing_non_finite_saved(out, diverged_epoch(message), [best, *checkpoints])
   assert not os.path.exists(os.path.join(out, run_directory.LOCK_FILE))  # released
 
 
@@ -173,9 +174,9 @@ def test_a_diverging_search_stops_in_one_line_and_saves_nothing_non_finite(tmp_p
   assert "\n" not in message
   assert message.startswith("The search diverged: ")
   assert "--config.arch_learning_rate (now 0.0003)" in message
-  checkpoint = os.path.join(out, run_directory.CHECKPOINT_DIR, EpochCheckpoint.WEIGHTS)
+  checkpoints = glob.glob(os.path.join(out, run_directory.CHECKPOINT_DIR, "*", "*.h5"))
   epoch = diverged_epoch(message)
-  assert_nothing_non_finite_saved(out, epoch, [checkpoint])
+  assert_nothing_non_finite_saved(out, epoch, checkpoints)
   assert not os.path.exists(os.path.join(out, "alphas.npz"))  # the run did not finish
   saved = files.read_json(os.path.join(out, "genotype.json"))
   assert saved is None or saved["epoch"] < epoch

@@ -223,7 +223,7 @@ def test_clip_is_pytorch_clip_grad_norm():
 def test_checkpoints_of_keras_sgd_restore_as_pytorch_buffers(tmp_path):
   """A run written with Keras's SGD (velocity -lr * buf at a constant rate) resumes with
   PyTorch's buffers: the next step is PyTorch's."""
-  from milenas_tf.core import callbacks  # pylint: disable=g-import-not-at-top
+  from milenas_tf.core import checkpoint  # pylint: disable=g-import-not-at-top
   from milenas_tf.core import files  # pylint: disable=g-import-not-at-top
 
   def make(optimizer):
@@ -237,13 +237,14 @@ def test_checkpoints_of_keras_sgd_restore_as_pytorch_buffers(tmp_path):
   schedule = optimization.EpochCosineDecay(0.1, 0.0, 4, steps_per_epoch=2)
   old = make(keras.optimizers.SGD(schedule, momentum=0.9))
   old.fit(x, y, batch_size=4, epochs=2, verbose=0)  # two steps at the first epoch's rate
-  old.save_weights(str(tmp_path / callbacks.EpochCheckpoint.WEIGHTS))
-  files.write_json_atomic(tmp_path / callbacks.EpochCheckpoint.STATE, {"epochs_done": 2})
+  # The earlier layout: the weights and {"epochs_done"} in checkpoints/ itself.
+  old.save_weights(str(tmp_path / checkpoint.WEIGHTS))
+  files.write_json_atomic(tmp_path / checkpoint.STATE, {"epochs_done": 2})
   rate = float(schedule(1))
   buffers = [-v.numpy() / rate for v in old.optimizer.momentums]
 
   new = make(optimization.weight_optimizer(schedule, 0.9))
-  assert callbacks.EpochCheckpoint.restore(new, str(tmp_path)) == 2
+  assert checkpoint.restore(new, str(tmp_path)) == 2
   for got, want in zip(new.optimizer.momentum_buffers, buffers):
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
   assert any(np.abs(b).max() > 1e-3 for b in buffers)

@@ -62,3 +62,16 @@ def test_foreign_directory_is_refused(tmp_path):
   (tmp_path / "notes.txt").write_text("mine")
   with pytest.raises(UserInputError, match="not empty and holds no search"):
     check(tmp_path, DEFAULTS)
+
+
+def test_a_directory_of_another_kind_of_run_says_so(tmp_path):
+  write_config(tmp_path, {**DEFAULTS, "genotype": "DARTS_V2", "setting": "cifar10",
+                          "auxiliary": True})
+  with pytest.raises(UserInputError, match=r"holds another kind of run than a search \(its "
+                     r"configuration has auxiliary, genotype, setting, \.\.\.\); choose "
+                     "another --output_dir"):
+    check(tmp_path, dict(DEFAULTS))
+  # One field more is another configuration, not another kind of run.
+  write_config(tmp_path, {**DEFAULTS, "genotype": "DARTS_V2"})
+  with pytest.raises(UserInputError, match="holds a search with another configuration"):
+    check(tmp_path, dict(DEFAULTS))

@@ -65,6 +65,7 @@ def test_os_errors_read_as_reason_path_and_fix(error, line):
   assert cli.os_error_line(error) == line
 
 
+TF_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl|To enable the)")
 RAISER = textwrap.dedent("""
     import errno, sys
     from milenas_tf.core import cli
@@ -76,6 +77,11 @@ RAISER = textwrap.dedent("""
         raise OSError(errno.ENOSPC, "No space left on device", "/full/run/ckpt.weights.h5")
       if kind == "user":
         raise UserInputError("bad input; fix it.")
+      if kind == "tensorflow":
+        import tensorflow as tf
+        raise tf.errors.ResourceExhaustedError(None, None, "Out of disk writing x.pb\\nmore")
+      if kind == "bug":
+        raise ZeroDivisionError("a bug")
       raise KeyboardInterrupt
 
     cli.run(main)
@@ -85,15 +91,24 @@ RAISER = textwrap.dedent("""
 @pytest.mark.parametrize("kind,status,message", [
     ("os", 2, "error: No space left on device: /full/run/ckpt.weights.h5; free some space"),
     ("user", 2, "error: bad input; fix it."),
+    ("tensorflow", 2, "error: Out of disk writing x.pb; free disk space or memory"),
     ("interrupt", 130, "Interrupted; rerun the same command to resume"),
 ])
 def test_cli_run_ends_in_one_line(kind, status, message):
   proc = subprocess.run([sys.executable, "-c", RAISER, kind], capture_output=True, text=True,
                         timeout=120, cwd=ROOT)
   assert proc.returncode == status, proc.stderr
-  assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line
-  assert proc.stderr.startswith(message), proc.stderr
+  # One line, besides TensorFlow's own start-up log lines.
+  lines = [l for l in proc.stderr.strip().splitlines() if not TF_LOG.match(l)]
+  assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+def test_cli_run_keeps_the_traceback_of_other_errors():
+  proc = subprocess.run([sys.executable, "-c", RAISER, "bug"], capture_output=True,
+                        text=True, timeout=120, cwd=ROOT)
+  assert proc.returncode == 1
+  assert "Traceback" in proc.stderr and "ZeroDivisionError: a bug" in proc.stderr
 
 
 # The output directory: a file, under a file, under a read-only parent, on a full disk.

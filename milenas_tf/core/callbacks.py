@@ -1,64 +1,43 @@
-"""Keras callbacks shared by search and training: resumable checkpoints, the epoch log,
+"""Keras callbacks shared by search and training: the epoch's checkpoint, the epoch log,
 the input pipelines' epoch.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import keras
 import tensorflow as tf
 
-from milenas_tf.core import files
-from milenas_tf.core import optimization
+from milenas_tf.core import checkpoint
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-  """Saves everything a resumed run needs at the end of every epoch.
-
-  The weights file holds the network (w, alpha, BN statistics) and both
-  optimisers' state (iterations, and so the learning-rate schedule, momentum and
-  Adam moments); `state.json` holds the last finished epoch. Both are replaced
-  atomically.
+  """Commits everything a resumed run needs at the end of every epoch (`checkpoint`).
 
   Args:
-    directory: where `ckpt.weights.h5` and `state.json` live.
+    directory: the run's `checkpoints/` directory.
   """
-
-  WEIGHTS = "ckpt.weights.h5"
-  STATE = "state.json"
-  # The optimisers' update rules the state was saved with: checkpoints without it hold
-  # Keras's SGD velocities, converted on restore (`optimization.from_keras_state`).
-  OPTIMIZER_RULES = "pytorch"
 
   def __init__(self, directory: str):
     super().__init__()
     self.directory = directory
 
-  @classmethod
-  def finished_epochs(cls, directory: str) -> int:
-    """Epochs recorded by the checkpoint in `directory` (0 without one)."""
-    state = files.read_json(os.path.join(directory, cls.STATE))
-    return int(state["epochs_done"]) if state else 0
+  @staticmethod
+  def finished_epochs(directory: str) -> int:
+    """Epochs of the newest verified checkpoint in `directory` (0 without one)."""
+    found = checkpoint.latest(directory)
+    return found.epochs_done if found else 0
 
-  @classmethod
-  def restore(cls, model: keras.Model, directory: str) -> int:
-    """Loads the checkpoint into a built model; returns the finished epochs."""
-    state = files.read_json(os.path.join(directory, cls.STATE)) or {}
-    done = int(state.get("epochs_done", 0))
-    if done:
-      model.load_weights(os.path.join(directory, cls.WEIGHTS))
-      if state.get("optimizer_rules") != cls.OPTIMIZER_RULES:
-        optimization.from_keras_state(model.optimizer)
-    return done
+  @staticmethod
+  def restore(model: keras.Model, directory: str, max_epochs: int | None = None) -> int:
+    """Loads the newest verified checkpoint into a built model; returns the finished
+    epochs (0 without one)."""
+    return checkpoint.restore(model, directory, max_epochs)
 
   def on_epoch_end(self, epoch, logs=None):
-    files.save_weights_atomic(self.model, os.path.join(self.directory, self.WEIGHTS))
-    files.write_json_atomic(os.path.join(self.directory, self.STATE),
-                            {"epochs_done": epoch + 1,
-                             "optimizer_rules": self.OPTIMIZER_RULES})
+    checkpoint.commit(self.model, self.directory, epoch + 1)
 
 
 def epoch_variable(initial: int = 0) -> tf.Variable:

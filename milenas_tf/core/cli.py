@@ -139,6 +139,17 @@ def os_error_line(e: OSError) -> str:
   return f"{reason}{where}; {_OS_ERROR_FIXES.get(e.errno, _OS_ERROR_FIX)}."
 
 
+def _fail_on_tensorflow_resource_error(e: Exception) -> None:
+  """TensorFlow's own file and memory errors (writing a SavedModel or an event file to
+  a full disk, running out of memory) as one line; any other error propagates."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  # loaded by now
+  if isinstance(e, (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError)):
+    reason = (e.message or type(e).__name__).strip().splitlines()[0][:300]
+    _fail(f"{reason}; free disk space or memory, or fix the permissions, then rerun "
+          "(a run resumes from its last finished epoch).")
+  raise e
+
+
 def run(main: Callable[[list[str]], None]) -> None:
   """`absl.app.run`, printing bad input, disk and permission faults, and interruptions
   as one line."""
@@ -150,6 +161,8 @@ def run(main: Callable[[list[str]], None]) -> None:
       _fail(str(e))
     except OSError as e:
       _fail(os_error_line(e))
+    except Exception as e:  # pylint: disable=broad-except
+      _fail_on_tensorflow_resource_error(e)
     except KeyboardInterrupt:
       print("Interrupted; rerun the same command to resume from the last finished epoch.",
             file=sys.stderr)

@@ -41,6 +41,7 @@ from milenas_tf.core import files
 from milenas_tf.core import graph_options
 from milenas_tf.core import lock
 from milenas_tf.core import run_directory
+from milenas_tf.core.errors import UserInputError
 
 
 @dataclasses.dataclass
@@ -121,6 +122,19 @@ class Task(abc.ABC):
     """Writes the final results and returns what the run produced."""
 
 
+def _check_nothing_lost(output_dir: str) -> None:
+  """Refuses to restart a run whose log shows finished epochs but which has no
+  checkpoint left (deleted or moved): restarting would silently redo them."""
+  log = os.path.join(output_dir, run_directory.EPOCH_LOG)
+  logged = callbacks.read_epoch_log(log) if os.path.exists(log) else []
+  # Epoch 1 may be logged by a run that stopped before committing its checkpoint.
+  if logged and logged[-1]["epoch"] >= 2:
+    raise UserInputError(
+        f"{output_dir} logged {logged[-1]['epoch']} finished epochs but holds no "
+        f"checkpoint ({run_directory.CHECKPOINT_DIR}/ is empty or gone); restore it, or "
+        "remove the directory to start the run over.")
+
+
 def run_experiment(task: Task, output_dir: str, *, verbose: int | str = "auto",
                    extra_callbacks: list[keras.callbacks.Callback] | None = None) -> Any:
   """Runs a task to its last epoch; resumes from `output_dir` when it holds this run.
@@ -166,7 +180,10 @@ def _run_locked(task: Task, output_dir: str, strategy: tf.distribute.Strategy,
                             config.to_dict())
   task.write_start(output_dir, inputs)
   checkpoint_dir = os.path.join(output_dir, run_directory.CHECKPOINT_DIR)
-  done = callbacks.EpochCheckpoint.restore(model, checkpoint_dir) if resuming else 0
+  done = (callbacks.EpochCheckpoint.restore(model, checkpoint_dir, config.epochs)
+          if resuming else 0)
+  if resuming and not done:
+    _check_nothing_lost(output_dir)
   if done:
     print(f"Resuming the {task.kind} in {output_dir} after epoch {done} of "
           f"{config.epochs}.")

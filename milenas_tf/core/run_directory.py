@@ -13,9 +13,12 @@ from milenas_tf.core.errors import UserInputError
 # What every run directory holds (search and training add their own files).
 CONFIG_FILE = "config.json"        # the run's configuration; a rerun must match it
 EPOCH_LOG = "epochs.jsonl"         # one JSON line per finished epoch
-CHECKPOINT_DIR = "checkpoints"     # the state of the last finished epoch
+CHECKPOINT_DIR = "checkpoints"     # the last finished epochs' state (`checkpoint`)
 LOG_DIR = "logs"                   # TensorBoard
 LOCK_FILE = lock.LOCK_FILE         # held by the running process (`lock.DirectoryLock`)
+# Fields a saved configuration may have that the current one lacks before it counts as
+# another kind of run rather than another configuration.
+_FOREIGN_FIELDS = 3
 # Keys that may differ between a run and its resumption: where the data comes from and
 # how the same computation runs.
 RESUME_FREE_KEYS = ("data_dir", "data_source", "distribution", "remapping",
@@ -67,6 +70,12 @@ def check_output_dir(output_dir: str, config: dict, kind: str,
   """
   saved = read_config(output_dir, defaults)
   if saved is not None:
+    # Fields the other kind of run has (a training's genotype in a search's directory).
+    foreign = sorted(set(saved) - set(config) - set(defaults or {}))
+    if len(foreign) >= _FOREIGN_FIELDS:
+      raise UserInputError(
+          f"{output_dir} holds another kind of run than a {kind} (its configuration has "
+          f"{', '.join(foreign[:3])}, ...); choose another --output_dir.")
     diffs = [f"{k}: {saved.get(k)!r} in the run, {config.get(k)!r} now"
              for k in sorted(set(saved) | set(config))
              if k not in resume_free_keys and saved.get(k) != config.get(k)]

@@ -9,7 +9,7 @@ import os
 
 import ml_collections
 
-from milenas_tf.core import callbacks
+from milenas_tf.core import checkpoint
 from milenas_tf.core import run_directory
 from milenas_tf.core.errors import UserInputError
 from milenas_tf.data import datasets
@@ -99,8 +99,9 @@ def load_trained_model(output_dir: str, which: str = "last",
     epoch = train_callbacks.BestWeights.read(best_dir).get("epoch", 0)
   else:
     checkpoint_dir = os.path.join(output_dir, run_directory.CHECKPOINT_DIR)
-    path = os.path.join(checkpoint_dir, callbacks.EpochCheckpoint.WEIGHTS)
-    epoch = callbacks.EpochCheckpoint.finished_epochs(checkpoint_dir)
+    found = checkpoint.latest(checkpoint_dir, config.epochs)
+    path = found.weights if found else os.path.join(checkpoint_dir, checkpoint.WEIGHTS)
+    epoch = found.epochs_done if found else 0
   if not os.path.exists(path):
     raise UserInputError(f"{path} does not exist; train at least one epoch first.")
   info = train_inputs.run_dataset_info(output_dir, config)
