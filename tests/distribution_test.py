@@ -128,6 +128,7 @@ SEARCH_CHILD = textwrap.dedent("""
         "same_start": diff(one.start, two.start),
         "weights_diff": diff(one.weights, two.weights),
         "alphas_diff": diff(one.alphas, two.alphas),
+        "alphas_apart": [np.abs(a - b).ravel().tolist() for a, b in zip(one.alphas, two.alphas)],
         "moved": min(float(np.abs(a - s).max()) for a, s in zip(one.alphas, one.start)),
         "weights_moved": diff(one.weights, one.start_weights),
         "run": {"epochs_done": run.epochs_done, "val_loss": run.history["val_loss"],
@@ -197,11 +198,17 @@ def test_search_run_on_two_replicas_equals_the_one_device_run(two_replica_search
   # once more under a strategy; the pipelines give an epoch's batches regardless).
   assert two_replica_search["same_start"] == 0.0
   assert two_replica_search["moved"] > 1e-4  # two Adam steps of 3e-4 moved each alpha
-  # Adam's first steps are lr * g / (|g| + eps): for alpha gradients near zero a
-  # float32 difference in the summation order moves the step by a few percent of lr
-  # (2.8e-6 seen). A replica bug (per-replica statistics, an unsummed gradient, other
-  # batches) changes gradients' signs and moves alpha by whole steps.
-  assert two_replica_search["alphas_diff"] < 0.1 * two_replica_search["moved"]
+  # Adam's first steps are lr * g / (|g| + eps), with PyTorch's eps = 1e-8 added after
+  # the bias correction: for the few alpha gradients within some eps of zero, the
+  # float32 difference between the two runs' gradients (batch norm by different
+  # kernels) moves the step by a part of lr (a third of the move seen on one entry).
+  # A replica bug (per-replica statistics, an unsummed gradient, other batches)
+  # changes most gradients' signs and moves alpha by whole steps.
+  apart = np.concatenate([np.asarray(a) for a in two_replica_search["alphas_apart"]])
+  moved = two_replica_search["moved"]
+  assert two_replica_search["alphas_diff"] < moved  # no entry a whole move away
+  assert np.mean(apart > 0.1 * moved) < 0.05  # nearly every entry within a tenth
+  assert np.median(apart) < 0.01 * moved
   # float32 rounding (batch norm by different kernels): 1.1e-3 of the move seen. When
   # the two runs saw other batches (before the pipelines fixed an epoch's data), w
   # differed by 0.6 of its move and alpha by twice its step.
