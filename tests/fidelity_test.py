@@ -25,20 +25,6 @@ STEPS_PER_EPOCH = 2
 STEPS = 5  # across two epoch boundaries
 
 
-@pytest.fixture
-def float64():
-  floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
-  keras.config.set_floatx("float64")
-  keras.config.set_dtype_policy("float64")
-  tf.config.run_functions_eagerly(True)
-  try:
-    yield
-  finally:
-    keras.config.set_floatx(floatx)
-    keras.config.set_dtype_policy(policy)
-    tf.config.run_functions_eagerly(False)
-
-
 # PyTorch's rules, in NumPy.
 
 

@@ -5,7 +5,6 @@ independent computations: Keras's `stateless_call` evaluates the network at
 arbitrary weights, so the virtual step can be differentiated through directly.
 """
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -22,22 +21,6 @@ from milenas_tf.search.model import network_exact_hvp
 SHAPE = (8, 8, 1)
 BATCH = 4
 XI = 0.5  # a large virtual step, so that the implicit term weighs
-
-
-@pytest.fixture
-def float64():
-  # Keras fixes its global dtype policy the first time any layer is built, so
-  # set the policy itself; floatx alone is ignored once another test has run.
-  floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
-  keras.config.set_floatx("float64")
-  keras.config.set_dtype_policy("float64")
-  tf.config.run_functions_eagerly(True)
-  try:
-    yield
-  finally:
-    keras.config.set_floatx(floatx)
-    keras.config.set_dtype_policy(policy)
-    tf.config.run_functions_eagerly(False)
 
 
 def tiny_model(method="milenas_2nd", xi=XI, **kwargs):
