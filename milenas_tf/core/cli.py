@@ -139,14 +139,23 @@ def os_error_line(e: OSError) -> str:
   return f"{reason}{where}; {_OS_ERROR_FIXES.get(e.errno, _OS_ERROR_FIX)}."
 
 
-def _fail_on_tensorflow_resource_error(e: Exception) -> None:
+def _fail_on_tensorflow_error(e: Exception) -> None:
   """TensorFlow's own file and memory errors (writing a SavedModel or an event file to
-  a full disk, running out of memory) as one line; any other error propagates."""
+  a full disk, running out of memory) and a lost worker as one line; any other error
+  propagates."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top  # loaded by now
+  lines = [line.strip() for line in (getattr(e, "message", "") or "").splitlines()]
+  # A graph's error starts with "Graph execution error:"; the cause is further down.
+  lines = [line for line in lines if line and not line.endswith(":")] or [type(e).__name__]
+  reason = lines[0][:300]
   if isinstance(e, (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError)):
-    reason = (e.message or type(e).__name__).strip().splitlines()[0][:300]
     _fail(f"{reason}; free disk space or memory, or fix the permissions, then rerun "
           "(a run resumes from its last finished epoch).")
+  if isinstance(e, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                    tf.errors.AbortedError, tf.errors.CancelledError)):
+    _fail(f"a worker of the cluster stopped or does not answer ({type(e).__name__}: "
+          f"{reason}); restart every worker with the same command to resume from the "
+          "chief's last finished epoch.")
   raise e
 
 
@@ -162,7 +171,7 @@ def run(main: Callable[[list[str]], None]) -> None:
     except OSError as e:
       _fail(os_error_line(e))
     except Exception as e:  # pylint: disable=broad-except
-      _fail_on_tensorflow_resource_error(e)
+      _fail_on_tensorflow_error(e)
     except KeyboardInterrupt:
       print("Interrupted; rerun the same command to resume from the last finished epoch.",
             file=sys.stderr)

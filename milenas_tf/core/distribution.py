@@ -2,28 +2,46 @@
 
 `get_strategy(spec)` turns a config string into a `tf.distribute.Strategy`:
 
-- "auto": `MirroredStrategy` over all visible GPUs when there are two or more,
-  else the default single-device strategy;
+- "auto": "multi_worker" when `TF_CONFIG` names several workers (as `bin/launch.py`
+  and cluster schedulers set it), else `MirroredStrategy` over all visible GPUs
+  when there are two or more, else the default single-device strategy;
 - "default": the default strategy (one device);
 - "mirrored": `MirroredStrategy` over all visible GPUs (the CPU if none);
-- "multi_worker": `MultiWorkerMirroredStrategy`, configured by `TF_CONFIG`;
+- "multi_worker": `MultiWorkerMirroredStrategy` over the machines (workers) that
+  `TF_CONFIG` names, and the devices of each; every worker runs the same command;
 - a comma-separated device list, e.g. "/gpu:0,/gpu:1": `MirroredStrategy` over them.
 
-The configured batch size is the global batch; Keras splits it across replicas.
+The configured batch size is the global batch; Keras splits it across replicas
+(and, with several workers, hands each worker its share of every global batch).
 With several replicas, batch norm uses the statistics of the global batch
 (the `sync_batch_norm` option of the networks) and `TrainModel.train_step` clips the
 global-batch gradient, so N replicas compute what one device computes. The search
-(`milenas_tf.search`) does the same for its first-order methods; the second-order ones
-run on one device.
+(`milenas_tf.search`) does the same, the second-order methods' virtual steps
+included.
+
+A multi-worker strategy must exist before TensorFlow runs its first op (it
+configures the runtime's collectives); `core.driver.run_experiment` creates it
+first. `worker_of` says which worker a process is; `check_workers_agree` compares
+values across workers. A worker that dies makes the others' next collective fail
+(TensorFlow's coordination service stops receiving its heartbeats); a worker that
+hangs, after `COLLECTIVE_TIMEOUT_S`.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import json
+import os
 
 import tensorflow as tf
 
 from milenas_tf.core.errors import UserInputError
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+
+# How long a collective operation waits for the other workers before it fails: a
+# worker that hangs (alive but stuck) stops the others after this.
+COLLECTIVE_TIMEOUT_S = 300.0
 
 
 def check_spec(spec: str) -> str:
@@ -69,6 +87,8 @@ def strategy_for_batch(spec: str, batch_size: int) -> tf.distribute.Strategy:
 
 def _make_strategy(spec: str) -> tf.distribute.Strategy:
   if spec == "auto":
+    if _cluster_size() > 1:
+      return _multi_worker_strategy()
     gpus = tf.config.list_logical_devices("GPU")
     return (tf.distribute.MirroredStrategy() if len(gpus) > 1
             else tf.distribute.get_strategy())
@@ -77,7 +97,7 @@ def _make_strategy(spec: str) -> tf.distribute.Strategy:
   if spec == "mirrored":
     return tf.distribute.MirroredStrategy()
   if spec == "multi_worker":
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    return _multi_worker_strategy()
   devices = [d.strip() for d in spec.split(",") if d.strip()]  # a device list
   known = {_canonical(d.name) for d in tf.config.list_logical_devices()}
   missing = [d for d in devices if _canonical(d) not in known]
@@ -86,6 +106,166 @@ def _make_strategy(spec: str) -> tf.distribute.Strategy:
         f"Unknown device(s) {', '.join(missing)}; this machine has "
         f"{', '.join(sorted(known))}.")
   return tf.distribute.MirroredStrategy(devices)
+
+
+def _cluster_size() -> int:
+  """The workers `TF_CONFIG` names (0 if it is unset or unreadable)."""
+  try:
+    cluster = json.loads(os.environ.get("TF_CONFIG", "") or "{}").get("cluster", {})
+    return len(cluster.get("worker", ())) + len(cluster.get("chief", ()))
+  except (ValueError, AttributeError):
+    return 0
+
+
+def _multi_worker_strategy() -> tf.distribute.Strategy:
+  """`MultiWorkerMirroredStrategy` from `TF_CONFIG`, with a bounded collective wait."""
+  text = os.environ.get("TF_CONFIG", "")
+  if not text:
+    raise UserInputError(
+        "distribution 'multi_worker' reads the cluster from the TF_CONFIG environment "
+        "variable, which is not set; start the workers with bin/launch.py, or set "
+        "TF_CONFIG on every machine (docs/distributed.md).")
+  try:
+    cluster = json.loads(text)
+    workers = cluster["cluster"]["worker"]
+    task = cluster["task"]
+    task["type"], int(task["index"]), len(workers)  # pylint: disable=pointless-statement
+  except (ValueError, KeyError, TypeError):
+    raise UserInputError(
+        f"TF_CONFIG={text[:200]!r} is not a cluster description: it must be JSON like "
+        '{"cluster": {"worker": ["host0:port", "host1:port"]}, "task": {"type": '
+        '"worker", "index": 0}} (docs/distributed.md).') from None
+  options = tf.distribute.experimental.CommunicationOptions(
+      timeout_seconds=COLLECTIVE_TIMEOUT_S)
+  try:
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+  except RuntimeError as e:
+    if "startup" not in str(e):
+      raise
+    raise UserInputError(
+        "distribution 'multi_worker' must be created before TensorFlow runs any "
+        "operation; create it first (core.distribution.get_strategy), or run the "
+        "scripts, which do.") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Worker:
+  """One process of a run.
+
+  Attributes:
+    index: its position among the workers (the chief is 0).
+    count: the number of workers (processes) of the run.
+    is_chief: whether it writes the run's files.
+  """
+  index: int = 0
+  count: int = 1
+  is_chief: bool = True
+
+
+def worker_of(strategy: tf.distribute.Strategy) -> Worker:
+  """Which worker of `strategy`'s cluster this process is (`Worker()` for one process)."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+  workers = len(cluster.get("worker", ())) + len(cluster.get("chief", ()))
+  if workers <= 1:
+    return Worker()
+  index = resolver.task_id + (1 if resolver.task_type == "worker" and "chief" in cluster
+                              else 0)
+  return Worker(index, workers, bool(strategy.extended.should_checkpoint))
+
+
+def check_workers_agree(strategy: tf.distribute.Strategy, values: dict[str, int]) -> None:
+  """Raises on every worker if the workers hold different `values`.
+
+  A collective operation: every worker must call it, with the same names.
+
+  Args:
+    strategy: the run's strategy.
+    values: integers keyed by what they are ("configuration", ...), as the error
+      names them.
+
+  Raises:
+    UserInputError: naming the first value on which a worker differs from the chief.
+  """
+  if worker_of(strategy).count == 1:
+    return
+  local = tf.constant([list(values.values())], tf.int64)
+  rows = strategy.gather(
+      strategy.experimental_distribute_values_from_function(lambda _: local), axis=0)
+  rows = rows.numpy()
+  for column, name in enumerate(values):
+    differing = sorted({int(r) for r in rows[:, column]})
+    if len(differing) > 1:
+      raise UserInputError(
+          f"the workers disagree on the {name} (values {differing[:4]}); start every "
+          "worker with the same command, configuration and --output_dir, on storage "
+          "every worker can read.")
+
+
+class MultiWorkerModel:
+  """A mixin for `keras.Model` subclasses that lets `fit` run under several workers.
+
+  Keras 3.15's `fit` under `MultiWorkerMirroredStrategy` (keras-team/keras#20585)
+  fails twice, and this mends both:
+
+  - it builds the model from the first batch averaged across replicas with one
+    `strategy.reduce` over the whole batch structure, which that strategy cannot
+    do: the first replica's batch has the same shapes and is used instead;
+  - it averages the step's logs across workers with `strategy.reduce(MEAN, axis=0)`,
+    which fails for scalars: `step_logs` gives them as one-element vectors there.
+  """
+
+  def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+    strategy = self.distribute_strategy
+    if iterator is not None and worker_of(strategy).count > 1:
+      for _, _, batches in iterator:
+        data_batch = tf.nest.map_structure(
+            lambda value: strategy.experimental_local_results(value)[0], next(batches))
+        break
+      iterator = None
+    super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+  def step_logs(self) -> dict[str, tf.Tensor]:
+    """The metrics' results, as `train_step` and `test_step` return them."""
+    logs = {m.name: m.result() for m in self.metrics}
+    if worker_of(self.distribute_strategy).count > 1:
+      logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+    return logs
+
+
+def slice_global_batches(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset
+                         ) -> tf.data.Dataset | tf.distribute.DistributedDataset:
+  """`dataset`'s global batches shared out among the replicas, each taking its slice.
+
+  Every worker builds the same global batches (cheap for data held in memory) and
+  replica r of R keeps rows [r B / R, (r + 1) B / R) of each batch of B, so that
+  the replicas of all the workers together see, step by step, exactly the batches
+  one device sees. (`Strategy.experimental_distribute_dataset` would shard the
+  batches among workers by its own rule.) With one replica, `dataset` itself.
+
+  Args:
+    strategy: the run's strategy.
+    dataset: batches whose size the replica count divides (nested structures of
+      tensors, batch first).
+  """
+  replicas = strategy.num_replicas_in_sync
+  if replicas == 1:
+    return dataset
+
+  def replica_batches(context: tf.distribute.InputContext) -> tf.data.Dataset:
+    local = replicas // context.num_input_pipelines
+    first = context.input_pipeline_id * local
+
+    def slices(*batch):
+      def split(tensor):
+        rows = tf.reshape(tensor, tf.concat([[replicas, -1], tf.shape(tensor)[1:]], 0))
+        return rows[first:first + local]
+      return tf.nest.map_structure(split, batch)
+
+    # The replicas of a worker take its consecutive elements in turn.
+    return dataset.map(slices).unbatch()
+
+  return strategy.distribute_datasets_from_function(replica_batches)
 
 
 def _canonical(device: str) -> str:

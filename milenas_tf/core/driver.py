@@ -20,6 +20,9 @@ strategy, the data, the model, its own callbacks and what it writes at the end.
    NaN or infinite loss or weight stops the run before it is saved;
 9. return what `task.finish` writes and reports, and release the lock.
 
+Under `MultiWorkerMirroredStrategy` only the chief locks, checks and writes the
+output directory; see `run_experiment`.
+
 Modelled on the TF Model Garden's `base_task.Task` and `train_lib.run_experiment`.
 """
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import os
+import tempfile
 from typing import Any
 
 import keras
@@ -53,11 +57,14 @@ class Inputs:
     validation: the pipeline evaluated after every epoch.
     info: what the data is (a `data.datasets.DatasetInfo`).
     steps_per_epoch: training steps in one epoch.
+    in_memory: whether every worker can build the same global batches cheaply; if
+      not (files to read and decode), TensorFlow shares the input out among workers.
   """
   train: tf.data.Dataset
   validation: tf.data.Dataset
   info: Any
   steps_per_epoch: int
+  in_memory: bool = True
 
 
 @dataclasses.dataclass
@@ -139,6 +146,13 @@ def run_experiment(task: Task, output_dir: str, *, verbose: int | str = "auto",
                    extra_callbacks: list[keras.callbacks.Callback] | None = None) -> Any:
   """Runs a task to its last epoch; resumes from `output_dir` when it holds this run.
 
+  Under `MultiWorkerMirroredStrategy` every worker calls this with the same
+  configuration and `output_dir`. The chief runs as a single process does; the
+  other workers read the chief's checkpoint from `output_dir` to resume, write into
+  a temporary directory removed at the end, and show no progress bar. The workers
+  check that they agree on the configuration and the epochs done before the first
+  step, and on every variable after the last.
+
   Args:
     task: the run.
     output_dir: where the configuration, checkpoints, logs and results go.
@@ -150,55 +164,82 @@ def run_experiment(task: Task, output_dir: str, *, verbose: int | str = "auto",
 
   Raises:
     UserInputError: for a bad configuration, missing data, an output directory
-      holding another run or in use by another process.
+      holding another run or in use by another process, or workers that disagree.
     DivergenceError: (a `UserInputError`) at the first NaN or infinite loss or weight.
   """
   config = task.config
   task.validate()
-  graph_options.apply(config.remapping, config.graph_optimizer)
+  # First: a multi-worker strategy must configure TensorFlow's context before any op.
   strategy = task.strategy()
-  # Checked under the lock, so that the answer (new, or this run) holds for the run.
-  with lock.DirectoryLock(output_dir, task.kind):
-    return _run_locked(task, output_dir, strategy, verbose, extra_callbacks)
+  graph_options.apply(config.remapping, config.graph_optimizer)
+  worker = distribution.worker_of(strategy)
+  if worker.is_chief:
+    # Checked under the lock, so that the answer (new, or this run) holds for the run.
+    with lock.DirectoryLock(output_dir, task.kind):
+      return _run_locked(task, output_dir, output_dir, strategy, verbose, extra_callbacks)
+  prefix = f"milenas_{task.kind}_worker{worker.index}_"
+  with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+    result = _run_locked(task, output_dir, scratch, strategy, 0, extra_callbacks)
+  # What the task reports as written is where the chief wrote it.
+  if dataclasses.is_dataclass(result) and hasattr(result, "output_dir"):
+    result = dataclasses.replace(result, output_dir=output_dir)
+  return result
 
 
-def _run_locked(task: Task, output_dir: str, strategy: tf.distribute.Strategy,
+def _run_locked(task: Task, output_dir: str, write_dir: str, strategy: tf.distribute.Strategy,
                 verbose: int | str, extra_callbacks: list[keras.callbacks.Callback] | None
                 ) -> Any:
-  """`run_experiment` from the output directory's check on, with the directory locked."""
+  """`run_experiment` from the output directory's check on, with the directory locked
+  (the chief) or writing into `write_dir` (another worker)."""
   config = task.config
-  resuming = run_directory.check_output_dir(output_dir, config.to_dict(), task.kind,
-                                            defaults=task.default_config().to_dict())
+  chief = write_dir == output_dir
+  if chief:
+    resuming = run_directory.check_output_dir(output_dir, config.to_dict(), task.kind,
+                                              defaults=task.default_config().to_dict())
+  else:
+    resuming = os.path.isdir(os.path.join(output_dir, run_directory.CHECKPOINT_DIR))
   keras.utils.set_random_seed(config.seed)
   input_epoch = callbacks.epoch_variable()
   inputs = task.build_inputs(input_epoch)
   with strategy.scope():
     model = task.build_model(inputs)
-  if not resuming:
+  if chief and not resuming:
     os.makedirs(output_dir, exist_ok=True)
     files.write_json_atomic(os.path.join(output_dir, run_directory.CONFIG_FILE),
                             config.to_dict())
-  task.write_start(output_dir, inputs)
+  task.write_start(write_dir, inputs)
   checkpoint_dir = os.path.join(output_dir, run_directory.CHECKPOINT_DIR)
   done = (callbacks.EpochCheckpoint.restore(model, checkpoint_dir, config.epochs)
           if resuming else 0)
-  if resuming and not done:
+  if chief and resuming and not done:
     _check_nothing_lost(output_dir)
-  if done:
+  distribution.check_workers_agree(strategy, {
+      "configuration": files.fingerprint(config.to_json(sort_keys=True)),
+      "finished epochs": done})
+  if done and verbose != 0:
     print(f"Resuming the {task.kind} in {output_dir} after epoch {done} of "
           f"{config.epochs}.")
   history = {}
   if done < config.epochs:
-    log_dir = os.path.join(output_dir, run_directory.LOG_DIR)
+    log_dir = os.path.join(write_dir, run_directory.LOG_DIR)
+    # Writers of the run's records; the other workers compute what the chief does
+    # but keep no records.
+    records = [keras.callbacks.TensorBoard(log_dir, write_graph=False, profile_batch=0),
+               callbacks.EpochLog(os.path.join(output_dir, run_directory.EPOCH_LOG)),
+               callbacks.EpochCheckpoint(checkpoint_dir)] if chief else []
+    # In-memory batches: each replica takes its slice of the same global batches.
+    train = (distribution.slice_global_batches(strategy, inputs.train)
+             if inputs.in_memory else inputs.train)
     fit = model.fit(
-        inputs.train, validation_data=inputs.validation, epochs=config.epochs,
+        train, validation_data=inputs.validation, epochs=config.epochs,
         initial_epoch=done, verbose=verbose, shuffle=False,
         callbacks=[callbacks.InputEpoch(input_epoch),
                    divergence.DivergenceGuard(task.kind, divergence.advice_for(config)),
-                   *task.callbacks(output_dir, log_dir),
-                   keras.callbacks.TensorBoard(log_dir, write_graph=False, profile_batch=0),
-                   callbacks.EpochLog(os.path.join(output_dir, run_directory.EPOCH_LOG)),
-                   callbacks.EpochCheckpoint(checkpoint_dir),
+                   *task.callbacks(write_dir, log_dir),
+                   *records,
                    *(extra_callbacks or [])])
     history = fit.history
-  return task.finish(model, inputs, Progress(output_dir, history, done))
+  distribution.check_workers_agree(strategy, {
+      "variables after the last step": files.fingerprint(
+          *[v.numpy().tobytes() for v in model.variables])})
+  return task.finish(model, inputs, Progress(write_dir, history, done))

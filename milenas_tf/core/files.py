@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -131,3 +132,11 @@ def save_weights_atomic(model: keras.Model, path: str | os.PathLike[str]) -> Non
 def save_arrays_atomic(path: str | os.PathLike[str], **arrays: np.ndarray) -> None:
   """Saves NumPy arrays as an `.npz` file atomically."""
   atomic_write(path, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
+
+
+def fingerprint(*parts: str | bytes) -> int:
+  """A 62-bit integer digest (SHA-256) of `parts`, to compare states across processes."""
+  digest = hashlib.sha256()
+  for part in parts:
+    digest.update(part.encode() if isinstance(part, str) else part)
+  return int.from_bytes(digest.digest()[:8], "little") >> 2

@@ -57,7 +57,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.grad_clip = 0.0
   config.arch_learning_rate = 3e-4
   config.arch_weight_decay = 1e-3
-  # Distribution (milenas_tf/core/distribution.py; first-order methods); batch_size is global.
+  # Distribution (milenas_tf/core/distribution.py, docs/distributed.md); batch_size is global.
   config.distribution = "auto"       # auto | default | mirrored | multi_worker | /gpu:0,/gpu:1
   config.remapping = "auto"          # Grappler op fusion: auto (off on CPUs) | on | off
   config.graph_optimizer = "light"   # Grappler: light (one round, fast first step) | full

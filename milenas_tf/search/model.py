@@ -23,10 +23,10 @@ pass. The passes run one after the other, each once the previous one's gradients
 exist, so that the step's peak memory is that of its largest pass
 (`second_order.run_after`).
 
-Under a distribution strategy with several replicas (first-order methods), each
-replica computes its passes on its share of the batch; batch norm uses the
-statistics of the global batch and every gradient is that of the global-batch
-loss, so a step on N replicas is one device's step on the whole batch. The passes
+Under a distribution strategy with several replicas (one machine's devices or
+several workers), each replica computes its passes on its share of the batch;
+batch norm uses the statistics of the global batch and every gradient is that of
+the global-batch loss, so a step on N replicas is one device's step on the whole batch. The passes
 are then traced inline in the step: their all-reduces cannot sit in a nested
 `tf.function`.
 """
@@ -190,7 +190,7 @@ class _Passes:
         [(c, p) for (c, _), p in zip(terms, products)])
 
 
-class SearchModel(keras.Model):
+class SearchModel(distribution.MultiWorkerModel, keras.Model):
   """Differentiable architecture search on a `SearchNetwork`.
 
   Args:
@@ -397,14 +397,14 @@ class SearchModel(keras.Model):
       self.apply_weight_gradients(grads)
     self.loss_tracker.update_state(loss)
     self.accuracy.update_state(y_train, logits)
-    return {m.name: m.result() for m in self.metrics}
+    return self.step_logs()
 
   def test_step(self, data):
     x, y = data
     logits = self.network(x, training=False)
     self.loss_tracker.update_state(cross_entropy(y, logits))
     self.accuracy.update_state(y, logits)
-    return {m.name: m.result() for m in self.metrics}
+    return self.step_logs()
 
 
 def build_search_model(num_classes: int, input_shape: tuple[int, int, int], *,

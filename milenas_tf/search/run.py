@@ -22,15 +22,12 @@ import keras
 import ml_collections
 import tensorflow as tf
 
-from milenas_tf.core import distribution
 from milenas_tf.core import driver
 from milenas_tf.core import files
-from milenas_tf.core.errors import UserInputError
 from milenas_tf.data import datasets
 from milenas_tf.search import callbacks as search_callbacks
 from milenas_tf.search import config as search_config
 from milenas_tf.search import model as search_model
-from milenas_tf.search import update_rules
 from milenas_tf.space import drawing
 from milenas_tf.space import genotypes
 
@@ -64,19 +61,6 @@ class SearchTask(driver.Task):
 
   def validate(self) -> None:
     search_config.validate(self.config)
-
-  def strategy(self) -> tf.distribute.Strategy:
-    """The run's strategy; second-order methods run on one device ("auto" gives them one)."""
-    config = self.config
-    second = config.method in update_rules.SECOND_ORDER_METHODS
-    spec = "default" if second and config.distribution == "auto" else config.distribution
-    strategy = distribution.strategy_for_batch(spec, config.batch_size)
-    if second and strategy.num_replicas_in_sync > 1:
-      raise UserInputError(
-          f"method {config.method!r} runs on one device (its virtual step assigns the "
-          f"weights), but config.distribution={config.distribution!r} gives "
-          f"{strategy.num_replicas_in_sync} replicas; set --config.distribution=default.")
-    return strategy
 
   def build_inputs(self, epoch: tf.Variable) -> driver.Inputs:
     config = self.config

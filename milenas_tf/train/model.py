@@ -32,7 +32,7 @@ def classification_loss(labels: tf.Tensor, logits: tf.Tensor,
   return tf.reduce_mean(-tf.reduce_sum(targets * log_probs, axis=-1))
 
 
-class TrainModel(keras.Model):
+class TrainModel(distribution.MultiWorkerModel, keras.Model):
   """An evaluation network with the training step of the recipes.
 
   Loss: cross-entropy (label-smoothed if asked) of the logits plus
@@ -110,7 +110,7 @@ class TrainModel(keras.Model):
     logits = tf.cast(logits, tf.float32)  # top-k has no float64 kernel
     self.top1.update_state(y, logits)
     self.top5.update_state(y, logits)
-    return {m.name: m.result() for m in self.metrics}
+    return self.step_logs()
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int

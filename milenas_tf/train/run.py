@@ -63,7 +63,8 @@ class TrainingTask(driver.Task):
     train_config.validate(self.config)
 
   def build_inputs(self, epoch: tf.Variable) -> driver.Inputs:
-    return driver.Inputs(*train_inputs.load_datasets(self.config, epoch))
+    return driver.Inputs(*train_inputs.load_datasets(self.config, epoch),
+                         in_memory=self.config.dataset != "imagenet")
 
   def build_model(self, inputs: driver.Inputs) -> train_model.TrainModel:
     return train_model.build_train_model(self.config, inputs.info, inputs.steps_per_epoch)
