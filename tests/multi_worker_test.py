@@ -4,7 +4,8 @@ Every run goes through `core.launch` and `tests/multi_worker_child.py` (a tiny
 search or training through the run driver): the workers end with the same
 variables as each other and as one process on the same global batches; only the
 chief writes into the output directory; a killed worker stops the other with one
-line; a restart resumes; checkpoints cross between one process and two workers.
+line; a restart resumes exactly; checkpoints cross between one process and two
+workers.
 """
 
 import io
@@ -66,7 +67,7 @@ def load(path):
 
 @pytest.fixture(scope="module")
 def searches(tmp_path_factory):
-  """One process; two workers uninterrupted; two workers, one killed; the restart."""
+  """One process and two workers: the same tiny search."""
   root = tmp_path_factory.mktemp("searches")
   base = {"kind": "search", "epochs": 2}
   one = start_one({**base, "output_dir": str(root / "one"), "record": str(root / "one_")},
@@ -75,15 +76,7 @@ def searches(tmp_path_factory):
   status, output, _ = run_workers(two, root / "tmp_two")
   assert status == 0, output[-3000:]
   finish(one)
-  killed = {**base, "output_dir": str(root / "killed"), "record": str(root / "killed_")}
-  status, killed_output, stopped = run_workers(
-      {**killed, "die_at_epoch": 2, "die_worker": 1}, root / "tmp_killed")
-  died = float((root / "killed_died").read_text())
-  restart_status, restart_output, _ = run_workers(killed, root / "tmp_restart")
-  return {"root": root, "two": results(output), "status": status,
-          "killed_output": killed_output, "survivor_s": stopped - died,
-          "restart_status": restart_status, "restart_output": restart_output,
-          "restart": results(restart_output)}
+  return {"root": root, "two": results(output)}
 
 
 def test_workers_end_with_the_same_alpha_and_weights(searches):
@@ -130,41 +123,32 @@ def test_only_the_chief_writes_and_the_others_leave_nothing(searches):
   assert os.listdir(root / "tmp_two") == []  # the other worker's scratch is gone
 
 
-def test_a_killed_worker_stops_the_other_with_one_line(searches):
-  assert searches["status"] != 0
-  assert searches["survivor_s"] < 60
-  chief = [line for line in searches["killed_output"].splitlines()
-           if line.startswith("[worker 0] error:")]
-  assert len(chief) == 1 and "restart every worker" in chief[0], chief
-  assert "Traceback" not in searches["killed_output"]
-
-
-def test_restarted_workers_resume_and_end_as_the_uninterrupted_run(searches):
-  root = searches["root"]
-  assert searches["restart_status"] == 0, searches["restart_output"][-3000:]
-  assert {r["resumed_after"] for r in searches["restart"].values()} == {1}
-  assert searches["restart"][0]["genotype"] == searches["two"][0]["genotype"]
-  resumed, uninterrupted = load(root / "killed_0.npz"), load(root / "two_0.npz")
-  for key in resumed:
-    if key != "losses":  # the resumed run logged epoch 2 only
-      np.testing.assert_array_equal(resumed[key], uninterrupted[key])
-
-
 @pytest.fixture(scope="module")
 def trainings(tmp_path_factory):
-  """A checkpoint of one process resumed by two workers, and the other way round."""
+  """Checkpoints crossing between one process and two workers; two workers run whole,
+  and with one killed, then restarted."""
   root = tmp_path_factory.mktemp("trainings")
+  tmp = root / "tmp"
   base = {"kind": "train", "epochs": 2}
-  to_two = {**base, "output_dir": str(root / "to_two"), "record": str(root / "to_two_")}
-  to_one = {**base, "output_dir": str(root / "to_one"), "record": str(root / "to_one_")}
-  one = start_one({**to_two, "stop_after": 1}, root / "tmp")
-  status, output, _ = run_workers({**to_one, "stop_after": 1}, root / "tmp")
+  run = lambda name: {**base, "output_dir": str(root / name), "record": str(root / f"{name}_")}
+  one = start_one({**run("to_two"), "stop_after": 1}, tmp)
+  status, output, _ = run_workers({**run("to_one"), "stop_after": 1}, tmp)
   assert status == 0, output[-3000:]
   finish(one)
-  one = start_one(to_one, root / "tmp")
-  status, output, _ = run_workers(to_two, root / "tmp")
+  one = start_one(run("to_one"), tmp)
+  status, output, _ = run_workers(run("to_two"), tmp)
   assert status == 0, output[-3000:]
-  return {"root": root, "one": results(finish(one)), "two": results(output)}
+  crossed = {"one": results(finish(one)), "two": results(output)}
+  status, output, _ = run_workers(run("whole"), tmp)
+  assert status == 0, output[-3000:]
+  status, killed_output, stopped = run_workers(
+      {**run("killed"), "die_at_epoch": 2, "die_worker": 1}, tmp)
+  died = float((root / "killed_died").read_text())
+  restart_status, restart_output, _ = run_workers(run("killed"), tmp)
+  return {"root": root, **crossed, "whole": results(output), "status": status,
+          "killed_output": killed_output, "survivor_s": stopped - died,
+          "restart_status": restart_status, "restart_output": restart_output,
+          "restart": results(restart_output)}
 
 
 def test_one_process_resumes_what_two_workers_wrote_and_back(trainings):
@@ -174,6 +158,26 @@ def test_one_process_resumes_what_two_workers_wrote_and_back(trainings):
   for name in ("to_one", "to_two"):
     log = (trainings["root"] / name / "epochs.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in log] == [1, 2]
+
+
+def test_a_killed_worker_stops_the_other_with_one_line(trainings):
+  assert trainings["status"] != 0
+  assert trainings["survivor_s"] < 60
+  chief = [line for line in trainings["killed_output"].splitlines()
+           if line.startswith("[worker 0] error:")]
+  assert len(chief) == 1 and "restart every worker" in chief[0], chief
+  assert "Traceback" not in trainings["killed_output"]
+
+
+def test_restarted_workers_resume_and_end_as_the_uninterrupted_run(trainings):
+  root = trainings["root"]
+  assert trainings["restart_status"] == 0, trainings["restart_output"][-3000:]
+  assert {r["resumed_after"] for r in trainings["restart"].values()} == {1}
+  assert trainings["restart"][0]["top1"] == trainings["whole"][0]["top1"]
+  resumed, uninterrupted = load(root / "killed_0.npz"), load(root / "whole_0.npz")
+  for key in resumed:
+    if key != "losses":  # the resumed run logged epoch 2 only
+      np.testing.assert_array_equal(resumed[key], uninterrupted[key])
 
 
 def test_workers_without_a_cluster_description_are_refused(tmp_path):
