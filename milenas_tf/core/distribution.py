@@ -23,8 +23,7 @@ A multi-worker strategy must exist before TensorFlow runs its first op (it
 configures the runtime's collectives); `core.driver.run_experiment` creates it
 first. `worker_of` says which worker a process is; `check_workers_agree` compares
 values across workers. A worker that dies makes the others' next collective fail
-(TensorFlow's coordination service stops receiving its heartbeats); a worker that
-hangs, after `COLLECTIVE_TIMEOUT_S`.
+(TensorFlow's coordination service stops receiving its heartbeats).
 """
 
 from __future__ import annotations
@@ -38,10 +37,6 @@ import tensorflow as tf
 from milenas_tf.core.errors import UserInputError
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
-
-# How long a collective operation waits for the other workers before it fails: a
-# worker that hangs (alive but stuck) stops the others after this.
-COLLECTIVE_TIMEOUT_S = 300.0
 
 
 def check_spec(spec: str) -> str:
@@ -118,7 +113,7 @@ def _cluster_size() -> int:
 
 
 def _multi_worker_strategy() -> tf.distribute.Strategy:
-  """`MultiWorkerMirroredStrategy` from `TF_CONFIG`, with a bounded collective wait."""
+  """`MultiWorkerMirroredStrategy` from `TF_CONFIG`."""
   text = os.environ.get("TF_CONFIG", "")
   if not text:
     raise UserInputError(
@@ -135,10 +130,10 @@ def _multi_worker_strategy() -> tf.distribute.Strategy:
         f"TF_CONFIG={text[:200]!r} is not a cluster description: it must be JSON like "
         '{"cluster": {"worker": ["host0:port", "host1:port"]}, "task": {"type": '
         '"worker", "index": 0}} (docs/distributed.md).') from None
-  options = tf.distribute.experimental.CommunicationOptions(
-      timeout_seconds=COLLECTIVE_TIMEOUT_S)
+  # No collective timeout: TensorFlow 2.21 waits for each timeout on a thread of its
+  # own, thousands of threads a second under batch norm's all-reduces.
   try:
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    return tf.distribute.MultiWorkerMirroredStrategy()
   except RuntimeError as e:
     if "startup" not in str(e):
       raise
