@@ -103,11 +103,15 @@ def _make_strategy(spec: str) -> tf.distribute.Strategy:
   return tf.distribute.MirroredStrategy(devices)
 
 
+def _workers_in(cluster: dict) -> int:
+  """The processes a cluster description names: its workers and its chief."""
+  return len(cluster.get("worker", ())) + len(cluster.get("chief", ()))
+
+
 def _cluster_size() -> int:
   """The workers `TF_CONFIG` names (0 if it is unset or unreadable)."""
   try:
-    cluster = json.loads(os.environ.get("TF_CONFIG", "") or "{}").get("cluster", {})
-    return len(cluster.get("worker", ())) + len(cluster.get("chief", ()))
+    return _workers_in(json.loads(os.environ.get("TF_CONFIG", "") or "{}").get("cluster", {}))
   except (ValueError, AttributeError):
     return 0
 
@@ -161,7 +165,7 @@ def worker_of(strategy: tf.distribute.Strategy) -> Worker:
   """Which worker of `strategy`'s cluster this process is (`Worker()` for one process)."""
   resolver = getattr(strategy, "cluster_resolver", None)
   cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
-  workers = len(cluster.get("worker", ())) + len(cluster.get("chief", ()))
+  workers = _workers_in(cluster)
   if workers <= 1:
     return Worker()
   index = resolver.task_id + (1 if resolver.task_type == "worker" and "chief" in cluster
