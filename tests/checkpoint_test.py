@@ -222,7 +222,7 @@ def test_a_search_killed_at_random_points_resumes_exactly(tmp_path):
   out = tmp_path / "killed"
   rng = np.random.default_rng(0)
   kills = 0
-  for delay in rng.uniform(5.0, 30.0, size=3):
+  for delay in rng.uniform(5.0, 30.0, size=2):
     proc = subprocess.Popen(search_command(out), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:

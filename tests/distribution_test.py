@@ -274,17 +274,17 @@ def test_search_run_on_two_replicas(two_replica_search):
 @pytest.fixture(scope="module")
 def second_order_steps():
   env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"}
-  proc = subprocess.run([sys.executable, "-c", SECOND_ORDER_CHILD, "milenas_2nd", "darts_2nd"],
+  # milenas_2nd only: darts_2nd's passes are its val split's (the same code, fewer terms).
+  proc = subprocess.run([sys.executable, "-c", SECOND_ORDER_CHILD, "milenas_2nd"],
                         capture_output=True, text=True, timeout=900, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("method", ["milenas_2nd", "darts_2nd"])
-def test_second_order_step_on_two_replicas_equals_one_device(second_order_steps, method):
+def test_second_order_step_on_two_replicas_equals_one_device(second_order_steps):
   # The virtual step, the finite differences and the restore assign each replica's
   # copy of w with the same global values; one step on the global batch matches.
-  step = second_order_steps[method]
+  step = second_order_steps["milenas_2nd"]
   assert step["alpha_moved"] > 1e-4 and step["weights_moved"] > 1e-2
   assert step["alpha_apart"] < 1e-4 * step["alpha_moved"]
   assert step["weights_apart"] < 1e-5 * step["weights_moved"]
