@@ -25,7 +25,8 @@ class ArchitectureLogger(keras.callbacks.Callback):
 
   Files: `genotype.json` (latest, with its epoch) and `genotypes/epoch_NNN.json`.
   TensorBoard (the `train` writer of `log_dir`): softmax(alpha) per edge as
-  images, the alpha table and the genotype as text, both learning rates.
+  images, the alpha table and the genotype as text, both learning rates, and the
+  Gumbel methods' sampling temperature.
 
   Args:
     output_dir: the run's output directory.
@@ -54,6 +55,8 @@ class ArchitectureLogger(keras.callbacks.Callback):
         tf.summary.text(f"alpha_softmax_table/{name}",
                         "```\n" + genotypes.alpha_weights_table(values) + "\n```", step=step)
       tf.summary.text("genotype", str(genotype), step=step)
+      if network.mixed_op == "gumbel":  # the sampling temperature of the epoch's steps
+        tf.summary.scalar("gumbel_temperature", float(network.temperature.numpy()), step=step)
       for name, optimizer in (("weights", self.model.optimizer),
                               ("alpha", self.model.arch_optimizer)):
         tf.summary.scalar(f"learning_rate/{name}", callbacks.last_learning_rate(optimizer),

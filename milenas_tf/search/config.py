@@ -10,6 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 from milenas_tf.core import validation
+from milenas_tf.core.errors import UserInputError
 from milenas_tf.data import datasets
 from milenas_tf.search import second_order
 from milenas_tf.search import update_rules
@@ -30,7 +31,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.init_channels = 16
   config.num_cells = 8
   # Search.
-  config.method = "milenas"          # milenas | darts_1st | single_level | milenas_2nd | darts_2nd
+  # milenas | darts_1st | single_level | milenas_2nd | darts_2nd
+  # | gdas | milenas_gdas (one Gumbel-sampled op per edge and step)
+  config.method = "milenas"
   config.order = "reference"         # reference (3 passes) | fused (2 passes)
   # Second-order methods only (see milenas_tf/search/second_order.py).
   # finite_difference (the papers') | finite_difference_combined (one central difference
@@ -41,6 +44,10 @@ def default_config() -> ml_collections.ConfigDict:
   # sgd (the seed's w - xi grad_w L_tr) | darts (DARTS's code: momentum and decay)
   # | reference_code (the official MiLeNAS code: alpha stepped with w, no momentum)
   config.virtual_step = "sgd"
+  # Gumbel methods only (gdas, milenas_gdas; milenas_tf/search/gumbel.py): the sampling
+  # temperature falls linearly from tau_max at the first epoch to tau_min at the last.
+  config.gumbel_tau_max = 10.0
+  config.gumbel_tau_min = 0.1
   config.lambda_train = 1.0          # weight of grad_alpha L_train (reference code's lambda)
   config.lambda_val = 1.0            # weight of grad_alpha L_val (paper Eq. 6's lambda)
   config.epochs = 50
@@ -83,6 +90,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   validation.check_choice("update order", config.order, update_rules.ORDERS)
   validation.check_choice("hessian", config.hessian, second_order.HESSIANS)
   validation.check_choice("virtual step", config.virtual_step, second_order.VIRTUAL_STEPS)
+  for key in ("gumbel_tau_max", "gumbel_tau_min"):
+    validation.check_number(f"config.{key}", config[key], 0, exclude_minimum=True)
+  if config.gumbel_tau_min > config.gumbel_tau_max:
+    raise UserInputError(f"config.gumbel_tau_min ({config.gumbel_tau_min}) is above "
+                         f"config.gumbel_tau_max ({config.gumbel_tau_max}); set min <= max.")
   for key in ("lambda_train", "lambda_val", "learning_rate_min", "weight_decay",
               "grad_clip", "arch_weight_decay"):
     validation.check_number(f"config.{key}", config[key], 0)

@@ -16,6 +16,10 @@ pass with respect to alpha and w at w' per split, and the Hessian-vector product
 combined, or one double-backward pass for all splits when exact); see
 `update_rules` and `second_order`.
 
+The Gumbel methods (`gdas`, `milenas_gdas`) run on a network that samples one op
+per edge in every pass (`gumbel`); the step first sets the network's temperature
+from the w optimiser's step counter (`gumbel.TemperatureSchedule`).
+
 Every pass is a call of one traced function (the loss and its gradients with
 respect to all variables; a call uses the gradients it needs, and the graph
 optimiser prunes the rest): the network is traced once for the step, not once per
@@ -42,6 +46,7 @@ from milenas_tf.core import distribution
 from milenas_tf.core import optimization
 from milenas_tf.core import validation
 from milenas_tf.core.errors import UserInputError
+from milenas_tf.search import gumbel
 from milenas_tf.search import second_order
 from milenas_tf.search import update_rules
 from milenas_tf.search.network import SearchNetwork
@@ -212,9 +217,12 @@ class SearchModel(distribution.MultiWorkerModel, keras.Model):
       decay, unclipped) or "reference_code" (the official MiLeNAS code: alpha
       stepped with w, without momentum, and part of v); see `second_order`.
     finite_difference_radius: eps * ||v|| of the finite differences.
+    temperature_schedule: Gumbel methods: the temperature of an optimiser step
+      (`gumbel.TemperatureSchedule`); None keeps the network's temperature.
 
   Raises:
-    UserInputError: for an unknown method, order, hessian or virtual step.
+    UserInputError: for an unknown method, order, hessian or virtual step, or a
+      network whose mixed op does not fit the method.
   """
 
   def __init__(self, network: SearchNetwork, method: str = "milenas",
@@ -222,10 +230,21 @@ class SearchModel(distribution.MultiWorkerModel, keras.Model):
                lambda_val: float = 1.0, weight_decay: float = 3e-4,
                arch_weight_decay: float = 1e-3, grad_clip: float | None = 0.0,
                hessian: str = "finite_difference", virtual_step: str = "sgd",
-               finite_difference_radius: float = 0.01, **kwargs):
+               finite_difference_radius: float = 0.01,
+               temperature_schedule: gumbel.TemperatureSchedule | None = None, **kwargs):
     super().__init__(**kwargs)
     self.rule = update_rules.get_rule(method)
     self.method = method
+    mixed_op = "gumbel" if method in update_rules.GUMBEL_METHODS else "softmax"
+    if network.mixed_op != mixed_op:
+      raise UserInputError(f"Method {method!r} needs SearchNetwork(mixed_op={mixed_op!r}), "
+                           f"got mixed_op={network.mixed_op!r}.")
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if mixed_op == "gumbel" and replicas > 1:
+      # The sampled path's batch norms would normalise each replica's share alone.
+      raise UserInputError(f"Method {method!r} runs on one device, not on {replicas} "
+                           f"replicas; set config.distribution=default.")
+    self.temperature_schedule = temperature_schedule
     self.order = validation.check_choice("update order", order, update_rules.ORDERS)
     self.network = network
     self.lambda_train, self.lambda_val = lambda_train, lambda_val
@@ -380,9 +399,15 @@ class SearchModel(distribution.MultiWorkerModel, keras.Model):
       grads = self.rule(passes, lambda_train=self.lambda_train, lambda_val=self.lambda_val)
     return grads
 
+  def update_temperature(self) -> None:
+    """Gumbel methods: sets the network's temperature for the coming step."""
+    if self.temperature_schedule is not None:
+      self.network.temperature.assign(self.temperature_schedule(self.optimizer.iterations))
+
   def train_step(self, data):
     (x_train, y_train), (x_val, y_val) = data
     num_alpha = len(self.network.arch_variables)
+    self.update_temperature()
     if self.order == "fused":
       loss, logits, grads = self.gradient_pass("all", x_train, y_train)
       passes = _Passes(self, (x_train, y_train), (x_val, y_val),
@@ -416,19 +441,31 @@ def build_search_model(num_classes: int, input_shape: tuple[int, int, int], *,
                        grad_clip: float = 0.0, arch_learning_rate: float = 3e-4,
                        arch_weight_decay: float = 1e-3, lambda_train: float = 1.0,
                        lambda_val: float = 1.0, hessian: str = "finite_difference",
-                       virtual_step: str = "sgd") -> SearchModel:
+                       virtual_step: str = "sgd", gumbel_tau_max: float = 10.0,
+                       gumbel_tau_min: float = 0.1) -> SearchModel:
   """A compiled, built `SearchModel` with the reference optimisers (DESIGN.md §3).
+
+  The methods of `update_rules.GUMBEL_METHODS` get a Gumbel-sampling network whose
+  temperature falls linearly from `gumbel_tau_max` (first epoch) to
+  `gumbel_tau_min` (last epoch).
 
   Build it inside a distribution strategy's scope when one is used.
 
   Raises:
     UserInputError: for an unknown method or order, or impossible sizes.
   """
-  network = SearchNetwork(num_classes, init_channels, num_cells, name="search_network")
+  temperature = None
+  if method in update_rules.GUMBEL_METHODS:
+    temperature = gumbel.TemperatureSchedule(gumbel_tau_max, gumbel_tau_min, epochs,
+                                             steps_per_epoch)
+  network = SearchNetwork(num_classes, init_channels, num_cells,
+                          mixed_op="softmax" if temperature is None else "gumbel",
+                          gumbel_temperature=gumbel_tau_max, name="search_network")
   model = SearchModel(network, method=method, order=order, lambda_train=lambda_train,
                       lambda_val=lambda_val, weight_decay=weight_decay,
                       arch_weight_decay=arch_weight_decay, grad_clip=grad_clip,
-                      hessian=hessian, virtual_step=virtual_step)
+                      hessian=hessian, virtual_step=virtual_step,
+                      temperature_schedule=temperature)
   model.build((None,) + tuple(input_shape))
   schedule = optimization.EpochCosineDecay(learning_rate, learning_rate_min, epochs,
                                            steps_per_epoch)

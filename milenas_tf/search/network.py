@@ -5,6 +5,18 @@ at 1/3 and 2/3 of the depth, global average pooling and a dense classifier.
 `alphas_normal` and `alphas_reduce` (14 x 8 each, N(0, 1e-3^2)) are shared by all
 cells of their type and stay float32 under mixed precision.
 
+The cells' mixed op (`mixed_op`):
+
+- "softmax" (DARTS, MiLeNAS): every edge computes sum_o softmax(alpha)_o o(x)
+  (`cell.SearchCell`);
+- "gumbel" (GDAS): every forward pass samples one op per edge,
+  h = one_hot(argmax y) + y - stop_gradient(y) with
+  y = softmax((log_softmax(alpha) + g) / tau), g Gumbel noise, and the edge
+  computes h[i*] op_{i*}(x) + sum_{j != i*} h[j] (the sum is 0 in value), the
+  sampled op alone (`gumbel.GumbelCell`). One sample per cell type and pass is
+  shared by all cells of that type, as in GDAS. The temperature tau is the
+  non-trainable variable `temperature`, which the search step anneals.
+
 Reference: He et al., MiLeNAS, CVPR 2020, Section 3 and supplementary A.1;
 Liu et al., DARTS, ICLR 2019, Section 2.
 """
@@ -14,14 +26,19 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from milenas_tf.core import validation
 from milenas_tf.core.errors import UserInputError
+from milenas_tf.search import gumbel
 from milenas_tf.search.cell import SearchCell
 from milenas_tf.space import genotypes
 from milenas_tf.space import layers
 
 
+MIXED_OPS = ("softmax", "gumbel")
+
+
 class SearchNetwork(keras.Model):
-  """Network whose cells mix all primitives with softmax(alpha) weights.
+  """Network whose cells mix all primitives with softmax(alpha) weights, or sample one.
 
   Args:
     num_classes: classifier outputs.
@@ -30,14 +47,26 @@ class SearchNetwork(keras.Model):
     stem_multiplier: stem channels are `stem_multiplier * C`.
     sync_batch_norm: in training under several replicas, batch norm with the
       statistics of the global batch (True) or of each replica's sub-batch.
+    mixed_op: "softmax" (every op, weighted) or "gumbel" (one sampled op per
+      edge; see the module docstring).
+    gumbel_temperature: "gumbel": the temperature until the search step sets it.
+    gumbel_seed: "gumbel": seed of the sampling noise (None: drawn from the global
+      seed of `keras.utils.set_random_seed`).
 
   Raises:
-    UserInputError: for sizes that cannot build a network.
+    UserInputError: for sizes that cannot build a network, an unknown mixed op or
+      a temperature that is not positive.
   """
 
   def __init__(self, num_classes: int, init_channels: int = 16, num_cells: int = 8,
-               stem_multiplier: int = 3, sync_batch_norm: bool = True, **kwargs):
+               stem_multiplier: int = 3, sync_batch_norm: bool = True,
+               mixed_op: str = "softmax", gumbel_temperature: float = 10.0,
+               gumbel_seed: int | None = None, **kwargs):
     super().__init__(**kwargs)
+    self.mixed_op = validation.check_choice("mixed op", mixed_op, MIXED_OPS)
+    self.gumbel_temperature = validation.check_number(
+        "gumbel_temperature", gumbel_temperature, 0, exclude_minimum=True)
+    self.gumbel_seed = gumbel_seed
     if num_cells < 3:
       raise UserInputError(f"num_cells must be at least 3 (two reductions), got {num_cells}.")
     if init_channels < 2 or init_channels % 2:
@@ -67,7 +96,8 @@ class SearchNetwork(keras.Model):
     for i in range(self.num_cells):
       reduction = i in self.reduction_indices
       c = 2 * c if reduction else c
-      cell = SearchCell(c, reduction, reduction_prev, self.sync_batch_norm, name=f"cell_{i}")
+      cell_class = gumbel.GumbelCell if self.mixed_op == "gumbel" else SearchCell
+      cell = cell_class(c, reduction, reduction_prev, self.sync_batch_norm, name=f"cell_{i}")
       cell.build([(None, None, None, c_pp), (None, None, None, c_p)])
       self.cells.append(cell)
       reduction_prev = reduction
@@ -84,6 +114,13 @@ class SearchNetwork(keras.Model):
                                          name="alphas_normal", autocast=False)
     self.alphas_reduce = self.add_weight(shape=shape, initializer=alpha_init,
                                          name="alphas_reduce", autocast=False)
+    if self.mixed_op == "gumbel":
+      # Set by the search step (replicas compute the same value: the first one's is kept).
+      self.temperature = self.add_weight(
+          shape=(), initializer=keras.initializers.Constant(self.gumbel_temperature),
+          trainable=False, name="gumbel_temperature", autocast=False,
+          aggregation="only_first_replica")
+      self.noise_seed = keras.random.SeedGenerator(self.gumbel_seed, name="gumbel_noise")
 
   @property
   def arch_variables(self) -> list[keras.Variable]:
@@ -115,11 +152,18 @@ class SearchNetwork(keras.Model):
       (or the states passed in, where fewer ran).
     """
     s0, s1 = states
-    weights_normal = tf.nn.softmax(self.alphas_normal)
-    weights_reduce = tf.nn.softmax(self.alphas_reduce)
+    if self.mixed_op == "gumbel":
+      # One sample per cell type and pass: (h, index) of every edge.
+      weights_normal = gumbel.gumbel_softmax(self.alphas_normal, self.temperature,
+                                             self.noise_seed)
+      weights_reduce = gumbel.gumbel_softmax(self.alphas_reduce, self.temperature,
+                                             self.noise_seed)
+    else:
+      weights_normal = (tf.nn.softmax(self.alphas_normal),)
+      weights_reduce = (tf.nn.softmax(self.alphas_reduce),)
     for cell in self.cells[start:stop]:
       weights = weights_reduce if cell.reduction else weights_normal
-      s0, s1 = s1, cell([s0, s1], weights, training=training)
+      s0, s1 = s1, cell([s0, s1], *weights, training=training)
     return s0, s1
 
   def head(self, states) -> tf.Tensor:
@@ -147,4 +191,6 @@ class SearchNetwork(keras.Model):
   def get_config(self):
     return {**super().get_config(), "num_classes": self.num_classes,
             "init_channels": self.init_channels, "num_cells": self.num_cells,
-            "stem_multiplier": self.stem_multiplier, "sync_batch_norm": self.sync_batch_norm}
+            "stem_multiplier": self.stem_multiplier, "sync_batch_norm": self.sync_batch_norm,
+            "mixed_op": self.mixed_op, "gumbel_temperature": self.gumbel_temperature,
+            "gumbel_seed": self.gumbel_seed}

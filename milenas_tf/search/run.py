@@ -82,7 +82,8 @@ class SearchTask(driver.Task):
         arch_learning_rate=config.arch_learning_rate,
         arch_weight_decay=config.arch_weight_decay, lambda_train=config.lambda_train,
         lambda_val=config.lambda_val, hessian=config.hessian,
-        virtual_step=config.virtual_step)
+        virtual_step=config.virtual_step, gumbel_tau_max=config.gumbel_tau_max,
+        gumbel_tau_min=config.gumbel_tau_min)
 
   def callbacks(self, output_dir: str, log_dir: str) -> list[keras.callbacks.Callback]:
     return [search_callbacks.ArchitectureLogger(output_dir, log_dir)]

@@ -11,6 +11,15 @@ L_tr and L_val are the cross-entropy losses on a search-train and a search-val b
 - `darts_1st`: grad_alpha L_val(w, alpha) (DARTS first order).
 - `single_level`: grad_alpha L_tr(w, alpha) (train and val data play the same role).
 
+Gumbel-softmax (GDAS; Dong & Yang, CVPR 2019): the network samples one op per
+edge, h = one_hot(argmax y) + y - stop_gradient(y), y = softmax((log_softmax(alpha)
++ g) / tau), and each pass computes only the sampled ops (`gumbel`); the gradients
+are straight-through estimates through h, with fresh noise in every pass:
+
+- `gdas`: grad_alpha L_val(w, alpha; h) (GDAS: bi-level, first order).
+- `milenas_gdas`: lambda_val * grad_alpha L_val(w, alpha; h)
+  + lambda_train * grad_alpha L_tr(w, alpha; h') (mixed level through the sampled path).
+
 Second order (MiLeNAS supplementary B; DARTS Eq. 7): with the virtual weights
 w' = w - xi grad_w L_tr(w, alpha) and, for a split s, v_s = grad_w' L_s(w', alpha),
 
@@ -79,6 +88,17 @@ def single_level(passes: GradientPasses, **unused) -> list[tf.Tensor]:
   return list(passes.train_alpha_grads())
 
 
+def gdas(passes: GradientPasses, **unused) -> list[tf.Tensor]:
+  """GDAS: grad_alpha L_val through the sampled path (the network samples; see `gumbel`)."""
+  return darts_1st(passes)
+
+
+def milenas_gdas(passes: GradientPasses, lambda_train: float = 1.0,
+                 lambda_val: float = 1.0) -> list[tf.Tensor]:
+  """Mixed level through the sampled path: `milenas` on a Gumbel-sampling network."""
+  return milenas(passes, lambda_train=lambda_train, lambda_val=lambda_val)
+
+
 def _unrolled(passes: SecondOrderPasses, coefficients: dict[str, float]
               ) -> list[tf.Tensor]:
   """sum_s c_s G_s over the splits s with a non-zero coefficient c_s."""
@@ -110,9 +130,13 @@ RULES: dict[str, Callable[..., list[tf.Tensor]]] = {
     "single_level": single_level,
     "milenas_2nd": milenas_2nd,
     "darts_2nd": darts_2nd,
+    "gdas": gdas,
+    "milenas_gdas": milenas_gdas,
 }
 METHODS = tuple(RULES)
 SECOND_ORDER_METHODS = ("milenas_2nd", "darts_2nd")
+# Methods on a network that samples one op per edge (`SearchNetwork(mixed_op="gumbel")`).
+GUMBEL_METHODS = ("gdas", "milenas_gdas")
 ORDERS = ("reference", "fused")
 
 
