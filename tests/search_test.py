@@ -103,7 +103,7 @@ def test_search_learns_and_moves_alpha(interrupted_then_resumed):
     assert not np.allclose(alphas["alphas_normal"], interrupt.alphas[0])
     want = genotypes.derive_genotype(alphas["alphas_normal"], alphas["alphas_reduce"])
   assert genotypes.load_genotype(os.path.join(out, "genotype.json")) == want == result.genotype
-  assert sorted(os.listdir(os.path.join(out, "genotypes"))) == ["epoch_001.json",
+  assert sorted(os.listdir(os.path.join(out, "genotypes"))) == ["by_size", "epoch_001.json",
                                                                 "epoch_002.json"]
   for cell in ("normal", "reduce"):
     with open(os.path.join(out, f"{cell}.png"), "rb") as f:

@@ -9,7 +9,8 @@ strategy, the data, the model, its own callbacks and what it writes at the end.
 2. set the graph optimiser's options and create the distribution strategy;
 3. lock the output directory for the life of the run (`lock.DirectoryLock`: one
    run per directory) and check it: new, or holding this run (to resume);
-4. seed every random generator with `config.seed`;
+4. seed every random generator with `config.seed`, and turn TensorFlow's op
+   determinism on for the run when `config.deterministic` is set;
 5. build the data and, in the strategy's scope, the model;
 6. write `config.json` (once data and model are known to work) and the task's
    start files;
@@ -39,6 +40,7 @@ import ml_collections
 import tensorflow as tf
 
 from milenas_tf.core import callbacks
+from milenas_tf.core import determinism
 from milenas_tf.core import distribution
 from milenas_tf.core import divergence
 from milenas_tf.core import files
@@ -75,10 +77,13 @@ class Progress:
     output_dir: the run's directory.
     history: per-epoch logs of the epochs run by this call.
     resumed_after: epochs finished by earlier runs when this one started.
+    epochs_done: epochs finished now, earlier runs' included (fewer than
+      `config.epochs` after an early stop).
   """
   output_dir: str
   history: dict
   resumed_after: int
+  epochs_done: int
 
 
 class Task(abc.ABC):
@@ -115,6 +120,14 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def build_model(self, inputs: Inputs) -> keras.Model:
     """The compiled, built model (called in the strategy's scope)."""
+
+  def finished(self, model: keras.Model, epochs_done: int) -> bool:
+    """Whether nothing is left to run after `epochs_done` epochs (a restored model).
+
+    By default, once `config.epochs` are done; a task with an early stop also
+    when the restored model had met it.
+    """
+    return epochs_done >= self.config.epochs
 
   def write_start(self, output_dir: str, inputs: Inputs) -> None:
     """Writes the task's files of a starting or resuming run (none by default)."""
@@ -173,12 +186,13 @@ def run_experiment(task: Task, output_dir: str, *, verbose: int | str = "auto",
   strategy = task.strategy()
   graph_options.apply(config.remapping, config.graph_optimizer)
   worker = distribution.worker_of(strategy)
+  deterministic = determinism.op_determinism(config.get("deterministic", False))
   if worker.is_chief:
     # Checked under the lock, so that the answer (new, or this run) holds for the run.
-    with lock.DirectoryLock(output_dir, task.kind):
+    with lock.DirectoryLock(output_dir, task.kind), deterministic:
       return _run_locked(task, output_dir, output_dir, strategy, verbose, extra_callbacks)
   prefix = f"milenas_{task.kind}_worker{worker.index}_"
-  with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+  with tempfile.TemporaryDirectory(prefix=prefix) as scratch, deterministic:
     result = _run_locked(task, output_dir, scratch, strategy, 0, extra_callbacks)
   # What the task reports as written is where the chief wrote it.
   if dataclasses.is_dataclass(result) and hasattr(result, "output_dir"):
@@ -222,7 +236,7 @@ def _run_locked(task: Task, output_dir: str, write_dir: str, strategy: tf.distri
     print(f"Resuming the {task.kind} in {output_dir} after epoch {done} of "
           f"{config.epochs}.")
   history = {}
-  if done < config.epochs:
+  if not task.finished(model, done):
     log_dir = os.path.join(write_dir, run_directory.LOG_DIR)
     # Writers of the run's records; the other workers compute what the chief does
     # but keep no records.
@@ -245,4 +259,5 @@ def _run_locked(task: Task, output_dir: str, write_dir: str, strategy: tf.distri
     distribution.check_workers_agree(strategy, {
         "variables after the last step": files.fingerprint(
             *[v.numpy().tobytes() for v in model.variables])})
-  return task.finish(model, inputs, Progress(write_dir, history, done))
+  ran = len(next(iter(history.values()), []))
+  return task.finish(model, inputs, Progress(write_dir, history, done, done + ran))

@@ -14,6 +14,7 @@ from milenas_tf.core.errors import UserInputError
 from milenas_tf.data import datasets
 from milenas_tf.search import second_order
 from milenas_tf.search import update_rules
+from milenas_tf.space import genotypes
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -64,6 +65,17 @@ def default_config() -> ml_collections.ConfigDict:
   config.grad_clip = 0.0
   config.arch_learning_rate = 3e-4
   config.arch_weight_decay = 1e-3
+  # Model-size-based search (milenas_tf/search/size.py): every epoch, the derived cells'
+  # convolution and skip counts and their network's parameters, and the best search-val
+  # genotype of each (normal, reduction) convolution count under genotypes/by_size/.
+  config.track_size = True
+  # Stop the search once the derived normal cell holds this many convolutions and the
+  # reduction cell `early_stop_reduce_convs` (the reference code's rule: 6 and 0); -1: off.
+  config.early_stop_normal_convs = -1
+  config.early_stop_reduce_convs = 0
+  # TensorFlow's op determinism: two runs with the same seed on the same machine and
+  # software give the same alpha and genotype (slower; see docs/search.md).
+  config.deterministic = False
   # Distribution (milenas_tf/core/distribution.py, docs/distributed.md); batch_size is global.
   config.distribution = "auto"       # auto | default | mirrored | multi_worker | /gpu:0,/gpu:1
   config.remapping = "auto"          # Grappler op fusion: auto (off on CPUs) | on | off
@@ -101,4 +113,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("learning_rate", "arch_learning_rate"):
     validation.check_number(f"config.{key}", config[key], 0, exclude_minimum=True)
   validation.check_number("config.momentum", config.momentum, 0, 1, exclude_maximum=True)
+  validation.check_int("config.early_stop_normal_convs", config.early_stop_normal_convs,
+                       minimum=-1)
+  validation.check_int("config.early_stop_reduce_convs", config.early_stop_reduce_convs,
+                       minimum=0)
+  for key in ("early_stop_normal_convs", "early_stop_reduce_convs"):
+    if config[key] > 2 * genotypes.NUM_NODES:
+      raise UserInputError(f"config.{key} is {config[key]}, but a cell has "
+                           f"{2 * genotypes.NUM_NODES} operations; use at most that.")
+  if config.early_stop_normal_convs >= 0 and not config.track_size:
+    raise UserInputError("config.early_stop_normal_convs needs the size tracking; set "
+                         "config.track_size=true or the early stop to -1.")
   validation.check_run_options(config)

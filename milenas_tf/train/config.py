@@ -46,6 +46,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.augment = True               # random crop (pad 4) and flip
   config.cutout_length = 16           # 0 = no cutout
   config.seed = 0
+  config.deterministic = False        # TensorFlow's op determinism (milenas_tf/core/determinism.py)
   # Optimisation.
   config.epochs = 600
   config.batch_size = 96
