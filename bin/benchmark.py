@@ -5,6 +5,7 @@ prints JSON lines.
   python bin/benchmark.py                       # search: paper and small configs, both orders
   python bin/benchmark.py --configs=small --orders=fused --steps=3
   python bin/benchmark.py --configs=small --orders=fused --devices=1,2 --steps=3
+  python bin/benchmark.py --configs=paper --orders=reference --workers=1,2 --steps=3
   python bin/benchmark.py --configs= --train_configs=cifar10,imagenet --devices=1,2
   python bin/benchmark.py --configs=paper --orders=reference --onednn=on,off
   python bin/benchmark.py --configs= --train_configs=cifar10 --remapping=off,on
@@ -15,8 +16,8 @@ prints JSON lines.
   python bin/benchmark.py --configs=paper --orders=reference \
       --methods=milenas,darts_2nd --hessians=exact_recompute --rounds=3
 
-Results of the same configuration, order, oneDNN and Grappler settings, replica count
-and round carry their ratio to `milenas` (`step_s_vs_milenas`, ...) when `milenas` is
+Results of the same configuration, order, oneDNN and Grappler settings, replica or
+worker count and round carry their ratio to `milenas` (`step_s_vs_milenas`, ...) when `milenas` is
 among the methods; `--rounds` repeats the whole list to show how far the ratios move
 between runs. Every job runs with oneDNN on (`TF_ENABLE_ONEDNN_OPTS=1`, as the scripts
 do) and Grappler as the configs' defaults leave it (remapper "auto", optimiser
@@ -43,6 +44,10 @@ _TRAIN_CONFIGS = flags.DEFINE_list(
 _DEVICES = flags.DEFINE_list(
     "devices", ["1"], "Search (first-order methods) and training jobs: replica counts "
     "(logical CPU devices under MirroredStrategy above 1).")
+_WORKERS = flags.DEFINE_list(
+    "workers", ["1"], "Search jobs (first-order methods): process counts; above 1, a "
+    "MultiWorkerMirroredStrategy cluster on 127.0.0.1 and, for comparison, as many "
+    "independent processes each on its share of the batch.")
 _ONEDNN = flags.DEFINE_list(
     "onednn", ["on"], "oneDNN settings, one job each: on, off, default (as in this shell).")
 _REMAPPING = flags.DEFINE_list(
@@ -67,7 +72,8 @@ _SERVING_SECONDS = flags.DEFINE_float("serving_seconds", 20.0,
 def main(argv):
   cli.check_no_arguments(argv)
   jobs = benchmark_runner.search_jobs(_CONFIGS.value, _METHODS.value, _ORDERS.value,
-                                      _STEPS.value, _HESSIANS.value, _DEVICES.value)
+                                      _STEPS.value, _HESSIANS.value, _DEVICES.value,
+                                      _WORKERS.value)
   jobs += benchmark_runner.train_jobs(_TRAIN_CONFIGS.value, _STEPS.value, _DEVICES.value)
   jobs += benchmark_runner.serving_jobs(_SERVING_CONFIGS.value, _SERVING_BATCHES.value,
                                         _SERVING_SECONDS.value)

@@ -73,6 +73,32 @@ def test_search_jobs_on_several_devices():
     benchmark_runner.search_jobs(["tiny"], ["darts_2nd"], ["fused"], 2, devices=[2])
 
 
+def test_search_jobs_on_several_workers():
+  jobs = benchmark_runner.search_jobs(["tiny"], ["milenas", "milenas_2nd"], ["fused"], 2,
+                                      workers=["1", "2"])
+  # Each worker count twice: one cluster, and independent processes; first order only.
+  assert [(j["method"], j.get("workers", 1), j.get("communicate")) for j in jobs] == [
+      ("milenas", 1, None), ("milenas_2nd", 1, None), ("milenas", 2, True),
+      ("milenas", 2, False)]
+  with pytest.raises(UserInputError, match="workers=3 must be positive and divide the "
+                     "batch 8 of 'tiny'"):
+    benchmark_runner.search_jobs(["tiny"], ["milenas"], ["fused"], 2, workers=[3])
+
+
+def test_independent_workers_step_on_their_share_of_the_batch():
+  job = dict(config="tiny", method="milenas", order="fused", steps=2, hessian=None,
+             devices=1, workers=2, communicate=False)
+  outcomes = benchmark_runner._run_processes(job, dict(os.environ), timeout_s=300)
+  assert [code for code, _, _ in outcomes] == [0, 0], outcomes[0][2][-2000:]
+  results = [json.loads(out.splitlines()[-1]) for _, out, _ in outcomes]
+  for result in results:
+    assert (result["workers"], result["communicate"], result["replicas"]) == (2, False, 1)
+    assert (result["batch_size"], result["process_batch_size"]) == (8, 4)
+  result, = benchmark_runner.run([job])
+  assert result["step_s"] > 0 and "error" not in result
+  assert result["images_per_s"] == pytest.approx(8 / result["step_s"], rel=1e-2)
+
+
 def test_ratios_are_to_milenas_of_the_same_configuration_and_order():
   results = [
       dict(config="paper", order="reference", method="milenas", first_step_s=100.0,

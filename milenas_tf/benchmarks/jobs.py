@@ -48,7 +48,8 @@ def _peak_memory_mb() -> float:
 def search_step(config: str, method: str = "milenas", order: str = "reference",
                 steps: int = 5, grappler: bool = True, inter_op_threads: int = 0,
                 hessian: str | None = None, remapping: str = "auto",
-                graph_optimizer: str = "light", devices: int = 1, **overrides) -> dict:
+                graph_optimizer: str = "light", devices: int = 1, workers: int = 1,
+                communicate: bool = True, **overrides) -> dict:
   """Times the search step of one configuration in this process.
 
   Args:
@@ -63,25 +64,41 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
     graph_optimizer: Grappler's amount of optimisation, as the config's setting.
     devices: replicas (first-order methods); above 1, `MirroredStrategy` over that
       many logical CPU devices (the global batch is unchanged).
+    workers: the processes of the job (`runner.run` starts them); above 1, this
+      process is one of them.
+    communicate: with several workers, whether they are one
+      `MultiWorkerMirroredStrategy` cluster (from `TF_CONFIG`) sharing the global
+      batch, or independent processes that each step on their share of it (the
+      same computation without the collectives).
     **overrides: changes to the configuration.
 
   Returns:
     A JSON-friendly dict of the measured figures.
   """
+  import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+  cluster = workers > 1 and communicate
+  if cluster:  # before anything configures TensorFlow's context
+    strategy = distribution.get_strategy("multi_worker")
   if devices > 1:
     distribution.split_cpu(devices)
   tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": not grappler})
-  tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
+  if inter_op_threads:
+    tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
   # After split_cpu (it lists devices) and the meta-optimizer switch.
   remapping_on = graph_options.apply(remapping, graph_optimizer)
   spec = {**SEARCH_CONFIGS[config], **overrides}
   shape = (spec["image_size"], spec["image_size"], spec["channels"])
   tf.keras.utils.set_random_seed(0)
-  data, _, _ = datasets.synthetic_search_datasets(shape, 10, spec["batch_size"], steps + 1)
+  # Independent workers each take their share of the global batch.
+  batch = spec["batch_size"] // workers if workers > 1 and not communicate else spec[
+      "batch_size"]
+  data, _, _ = datasets.synthetic_search_datasets(shape, 10, batch, steps + 1)
   imported = time.perf_counter()
-  strategy = distribution.get_strategy(_logical_cpus(devices) if devices > 1 else "default")
+  if not cluster:
+    strategy = distribution.get_strategy(
+        _logical_cpus(devices) if devices > 1 else "default")
   with strategy.scope():
     model = search_model.build_search_model(
         num_classes=10, input_shape=shape, init_channels=spec["init_channels"],
@@ -89,17 +106,20 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
         steps_per_epoch=100, hessian=hessian or "finite_difference")
   model.make_train_function()
   train_function = model.train_function
-  iterator = iter(strategy.experimental_distribute_dataset(data))
+  iterator = iter(distribution.slice_global_batches(strategy, data) if cluster
+                  else strategy.experimental_distribute_dataset(data))
 
   def one_step():
     logs = train_function(iterator)
-    return float(logs["loss"])
+    return float(np.ravel(logs["loss"])[0])  # a 1-element vector under several workers
 
   t0 = time.perf_counter()
   first_done, step = _time_steps(one_step, steps)
   return {
       "benchmark": "search_step", "config": config, "method": method, "order": order,
-      "hessian": hessian, "devices": devices, "replicas": strategy.num_replicas_in_sync,
+      "hessian": hessian, "devices": devices, "workers": workers,
+      "communicate": communicate, "replicas": strategy.num_replicas_in_sync,
+      "process_batch_size": batch,
       **spec, "grappler": grappler, "inter_op_threads": inter_op_threads,
       "remapping": remapping, "remapping_on": remapping_on,
       "graph_optimizer": graph_optimizer,
@@ -107,9 +127,10 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
       "first_step_s": round(first_done - imported, 2),
       "first_call_s": round(first_done - t0, 2),
       "step_s": round(step, 3),
-      "images_per_s": round(spec["batch_size"] / step, 2),
+      "images_per_s": round(spec["batch_size"] / step, 2),  # of the global batch
       "peak_memory_mb": round(_peak_memory_mb(), 1),
-      "graph_ops": _traced_ops(model.train_step, next(iter(data))) if devices == 1 else None,
+      "graph_ops": (_traced_ops(model.train_step, next(iter(data)))
+                    if devices == 1 and not cluster else None),
   }
 
 

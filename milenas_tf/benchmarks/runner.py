@@ -12,10 +12,13 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import time
 from typing import Iterable, Iterator
 
 from milenas_tf.benchmarks import jobs as benchmark_jobs
 from milenas_tf.core import graph_options
+from milenas_tf.core import launch
 from milenas_tf.core import validation
 from milenas_tf.core.errors import UserInputError
 from milenas_tf.search import second_order
@@ -36,10 +39,11 @@ def _integers(values: Iterable, what: str) -> list[int]:
     raise UserInputError(f"{what} must be integers, got {values}.") from None
 
 
-def _check_devices(devices: list[int], batch_size: int, config: str) -> None:
+def _check_devices(devices: list[int], batch_size: int, config: str,
+                   what: str = "devices") -> None:
   for count in devices:
     if count < 1 or batch_size % count:
-      raise UserInputError(f"devices={count} must be positive and divide the batch "
+      raise UserInputError(f"{what}={count} must be positive and divide the batch "
                            f"{batch_size} of {config!r}.")
 
 
@@ -71,12 +75,17 @@ def train_jobs(configs: Iterable[str], steps: int, devices: Iterable[int] = (1,)
 
 def search_jobs(configs: Iterable[str], methods: Iterable[str], orders: Iterable[str],
                 steps: int, hessians: Iterable[str] = ("finite_difference",),
-                devices: Iterable[int] = (1,)) -> list[dict]:
+                devices: Iterable[int] = (1,), workers: Iterable[int] = (1,)
+                ) -> list[dict]:
   """The jobs of `run` for every combination, validated before anything runs.
 
   Second-order methods get one job per Hessian-vector product in `hessians`;
   first-order ones a single job with `hessian=None`. Each combination runs on
   each replica count of `devices` (second-order methods on one device only).
+  First-order methods also run on each count above 1 of `workers`, twice: as a
+  `MultiWorkerMirroredStrategy` cluster of that many processes, and as as many
+  independent processes each stepping on its share of the batch (the same
+  computation without the collectives; see `search_step`).
 
   Raises:
     UserInputError: for an unknown configuration, method, order or hessian, a
@@ -85,9 +94,12 @@ def search_jobs(configs: Iterable[str], methods: Iterable[str], orders: Iterable
   """
   configs, methods, orders = list(configs), list(methods), list(orders)
   hessians, devices = list(hessians), _integers(devices, "devices")
+  workers = [w for w in _integers(workers, "workers") if w != 1]
   for name in configs:
     validation.check_choice("benchmark configuration", name, benchmark_jobs.SEARCH_CONFIGS)
-    _check_devices(devices, benchmark_jobs.SEARCH_CONFIGS[name]["batch_size"], name)
+    batch_size = benchmark_jobs.SEARCH_CONFIGS[name]["batch_size"]
+    _check_devices(devices, batch_size, name)
+    _check_devices(workers, batch_size, name, "workers")
   for method in methods:
     update_rules.get_rule(method)
   for order in orders:
@@ -99,10 +111,14 @@ def search_jobs(configs: Iterable[str], methods: Iterable[str], orders: Iterable
   if configs and orders and 1 not in devices and any(m in second for m in methods):
     raise UserInputError(f"The second-order methods run on one device; add 1 to devices "
                          f"(got {devices}) or leave them out.")
-  return [dict(config=c, method=m, order=o, steps=steps, hessian=h, devices=d)
+  jobs = [dict(config=c, method=m, order=o, steps=steps, hessian=h, devices=d)
           for c in configs for d in devices for o in orders for m in methods
           for h in (hessians if m in second else [None])
           if d == 1 or m not in second]
+  return jobs + [dict(config=c, method=m, order=o, steps=steps, hessian=None, devices=1,
+                      workers=w, communicate=together)
+                 for c in configs for w in workers for together in (True, False)
+                 for o in orders for m in methods if m not in second]
 
 
 RATIO_KEYS = ("first_step_s", "step_s", "peak_memory_mb")
@@ -120,7 +136,7 @@ def with_ratios(results: Iterable[dict], baseline: str = "milenas") -> Iterator[
   for result in results:
     key = (result.get("config"), result.get("order"), result.get("onednn"),
            result.get("remapping"), result.get("graph_optimizer"), result.get("devices"),
-           result.get("round"))
+           result.get("workers"), result.get("communicate"), result.get("round"))
     if result.get("method") == baseline and "error" not in result:
       base[key] = result
     if key in base and "error" not in result:
@@ -182,16 +198,69 @@ def run(jobs: Iterable[dict], timeout_s: float = 1800) -> Iterator[dict]:
     env = dict(os.environ)
     if ONEDNN_SETTINGS[onednn] is not None:
       env["TF_ENABLE_ONEDNN_OPTS"] = ONEDNN_SETTINGS[onednn]
-    code = "from milenas_tf.benchmarks import jobs; jobs._child_main()"
     try:
-      proc = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)],
-                            capture_output=True, text=True, timeout=timeout_s, env=env)
+      outcomes = _run_processes(kwargs, env, timeout_s)
     except subprocess.TimeoutExpired:
       yield {**job, "error": f"timed out after {timeout_s} s"}
       continue
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
-    if proc.returncode or not lines:
-      tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
-      yield {**job, "error": f"exit {proc.returncode}: {tail[0]}"}
+    results = []
+    for returncode, stdout, stderr in outcomes:
+      lines = [l for l in stdout.splitlines() if l.startswith("{")]
+      if returncode or not lines:
+        tail = stderr.strip().splitlines()[-1:] or ["no output"]
+        results = [{**job, "error": f"exit {returncode}: {tail[0]}"}]
+        break
+      results.append(json.loads(lines[-1]))
+    if "error" in results[0]:
+      yield results[0]
     else:
-      yield {**json.loads(lines[-1]), "onednn": onednn, **marks}
+      yield {**_slowest(results), "onednn": onednn, **marks}
+
+
+def _slowest(results: list[dict]) -> dict:
+  """One job's result from its processes' results: the slowest worker's step, which
+  sets the pace of a synchronous cluster (one process: its result)."""
+  return max(results, key=lambda r: r.get("step_s", 0.0))
+
+
+def _run_processes(kwargs: dict, env: dict, timeout_s: float
+                   ) -> list[tuple[int, str, str]]:
+  """Runs one job in `kwargs["workers"]` processes (default 1) at once; with
+  `communicate`, as one cluster on free ports of 127.0.0.1.
+
+  Returns:
+    (exit status, stdout, stderr) of each process, worker 0 first.
+
+  Raises:
+    subprocess.TimeoutExpired: when a process runs past `timeout_s`; all are killed.
+  """
+  code = "from milenas_tf.benchmarks import jobs; jobs._child_main()"
+  workers = kwargs.get("workers", 1)
+  envs = [env] * workers
+  if workers > 1 and kwargs.get("communicate", True):
+    addresses = [f"127.0.0.1:{port}" for port in launch.free_ports(workers)]
+    envs = [{**env, "TF_CONFIG": launch.tf_config(addresses, i)} for i in range(workers)]
+  with tempfile.TemporaryDirectory() as directory:
+    # Files, not pipes: a worker blocked on a full pipe would stall the whole cluster.
+    streams = [(open(os.path.join(directory, f"{i}.out"), "w+"),
+                open(os.path.join(directory, f"{i}.err"), "w+")) for i in range(workers)]
+    processes = [subprocess.Popen([sys.executable, "-c", code, json.dumps(kwargs)],
+                                  stdout=out, stderr=err, text=True, env=e)
+                 for e, (out, err) in zip(envs, streams)]
+    try:
+      deadline = time.monotonic() + timeout_s
+      for p in processes:
+        p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+    finally:
+      for p in processes:
+        if p.poll() is None:
+          p.kill()
+          p.wait()
+    outcomes = []
+    for p, (out, err) in zip(processes, streams):
+      out.seek(0)
+      err.seek(0)
+      outcomes.append((p.returncode, out.read(), err.read()))
+      out.close()
+      err.close()
+    return outcomes
