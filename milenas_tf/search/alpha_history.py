@@ -78,6 +78,7 @@ def plot(history: dict[str, np.ndarray], cell: str, path: str) -> None:
   """
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
 
   epochs, weights = history["epochs"], softmax(history[cell])
   fig = Figure(figsize=(14, 6.5))
@@ -89,6 +90,7 @@ def plot(history: dict[str, np.ndarray], cell: str, path: str) -> None:
               label=name)
     ax.set_title(f"node {node} <- {source}", fontsize=9)
     ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   for ax in axes[-1]:
     ax.set_xlabel("epoch")
   axes[0, 0].set_ylabel("softmax(alpha)")

@@ -1,6 +1,6 @@
 """Model-size-based search: the size of the derived cells, epoch by epoch.
 
-MiLeNAS (§4.3, "model size-based searching") watches the cells a search derives as
+The MiLeNAS paper's "model size-based searching" watches the cells a search derives as
 it goes: a cell with more convolutions gives a larger network, and the search
 passes through cells of several sizes on its way. Every epoch this module
 measures the derived genotype:
@@ -182,6 +182,7 @@ def plot(records: list[dict], path: str) -> None:
   """
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
 
   records = [r for r in records if "params" in r]
   epochs = [r["epoch"] for r in records]
@@ -199,6 +200,7 @@ def plot(records: list[dict], path: str) -> None:
   counts.legend()
   for ax in (params, counts):
     ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   fig.tight_layout()
   files.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"),
                      suffix=".png")
