@@ -226,6 +226,7 @@ def plot(results: list[dict], path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
 
   fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(10, 4))
   for r in results:
@@ -238,6 +239,7 @@ def plot(results: list[dict], path: str) -> None:
       if len(r["runs"]) > 1:
         ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
   by_epoch.set(xlabel="epoch", ylabel="search-val accuracy")
+  by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
   by_time.set(xlabel="wall time (min)", ylabel="search-val accuracy")
   for ax in (by_epoch, by_time):
     ax.grid(alpha=0.3)
