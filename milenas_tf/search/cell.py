@@ -227,7 +227,10 @@ class SearchCell(keras.layers.Layer):
     self.preprocess1 = layers.ConvBN(c, name="preprocess1", **options)
     self.preprocess0.build(s0_shape)
     self.preprocess1.build(s1_shape)
-    node_shape = s1_shape[:-1] + (c,)
+    self.build_edges(s1_shape[:-1] + (c,))
+
+  def build_edges(self, node_shape: tuple) -> None:
+    """Builds the ops on the cell's edges, whose nodes have `node_shape`."""
     self.mixed = []
     # Node j feeds intermediate nodes max(0, j - 1) .. 3.
     for j in range(genotypes.NUM_NODES + 1):
@@ -237,10 +240,13 @@ class SearchCell(keras.layers.Layer):
       layer.build(node_shape)
       self.mixed.append((layer, targets, [genotypes.edge_index(i, j) for i in targets]))
 
-  def call(self, inputs, weights, training=False):
+  def preprocess(self, inputs, training: bool) -> list[tf.Tensor]:
+    """The cell's two input nodes from the outputs of cells k-2 and k-1."""
     s0, s1 = inputs
-    states = [self.preprocess0(s0, training=training),
-              self.preprocess1(s1, training=training)]
+    return [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
+
+  def call(self, inputs, weights, training=False):
+    states = self.preprocess(inputs, training)
     incoming = [[] for _ in range(genotypes.NUM_NODES)]
     for j, (layer, targets, edge_ids) in enumerate(self.mixed):
       if j >= 2:

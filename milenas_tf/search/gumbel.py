@@ -60,9 +60,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from milenas_tf.search import cell
 from milenas_tf.space import genotypes
 from milenas_tf.space import kernels
-from milenas_tf.space import layers
 
 # Smallest uniform draw: keeps g = -log(-log(u)) finite (-4.5 < g < 17 in float32).
 _TINY = float(np.finfo(np.float32).tiny)
@@ -340,10 +340,10 @@ class GumbelEdge(keras.layers.Layer):
     return {**super().get_config(), "strides": self.strides}
 
 
-class GumbelCell(keras.layers.Layer):
+class GumbelCell(cell.SearchCell):
   """A search cell that runs one sampled operation per edge (GDAS).
 
-  The same DAG, preprocessing and output as `cell.SearchCell`, with a
+  `cell.SearchCell`'s DAG, preprocessing, output and configuration, with a
   `GumbelEdge` on each of the 14 edges instead of the fused mixed ops.
 
   Args:
@@ -363,24 +363,8 @@ class GumbelCell(keras.layers.Layer):
     NHWC output with `4 * channels` channels.
   """
 
-  def __init__(self, channels: int, reduction: bool, reduction_prev: bool,
-               sync_batch_norm: bool = True, **kwargs):
-    super().__init__(**kwargs)
-    self.channels, self.reduction, self.reduction_prev = channels, reduction, reduction_prev
-    self.sync_batch_norm = sync_batch_norm
-
-  def build(self, input_shape):
-    s0_shape, s1_shape = (tuple(s) for s in input_shape)
-    c = self.channels
-    options = dict(affine=False, sync_batch_norm=self.sync_batch_norm)
-    if self.reduction_prev:
-      self.preprocess0 = layers.FactorizedReduce(c, name="preprocess0", **options)
-    else:
-      self.preprocess0 = layers.ConvBN(c, name="preprocess0", **options)
-    self.preprocess1 = layers.ConvBN(c, name="preprocess1", **options)
-    self.preprocess0.build(s0_shape)
-    self.preprocess1.build(s1_shape)
-    node_shape = s1_shape[:-1] + (c,)
+  def build_edges(self, node_shape: tuple) -> None:
+    """Builds a `GumbelEdge` on each edge, whose nodes have `node_shape`."""
     # edges[i]: (source node, alpha row, edge) for every edge into intermediate node i.
     self.edges = []
     for i in range(genotypes.NUM_NODES):
@@ -393,9 +377,7 @@ class GumbelCell(keras.layers.Layer):
       self.edges.append(into)
 
   def call(self, inputs, hard_weights, indices, training=False):
-    s0, s1 = inputs
-    states = [self.preprocess0(s0, training=training),
-              self.preprocess1(s1, training=training)]
+    states = self.preprocess(inputs, training)
     # h[e, i*_e], the sampled entry of each edge, and the sum of its other entries.
     selected = tf.gather(hard_weights, indices, batch_dims=1)
     others = tf.reduce_sum(hard_weights, axis=1) - selected
@@ -405,8 +387,3 @@ class GumbelCell(keras.layers.Layer):
           edge(states[j], selected[e], others[e], columns[e], training=training)
           for j, e, edge in into]))
     return tf.concat(states[2:], axis=-1)
-
-  def get_config(self):
-    return {**super().get_config(), "channels": self.channels,
-            "reduction": self.reduction, "reduction_prev": self.reduction_prev,
-            "sync_batch_norm": self.sync_batch_norm}
