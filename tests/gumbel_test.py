@@ -1,6 +1,8 @@
 """Gumbel-softmax search (gdas, milenas_gdas): the sample, its gradient, the temperature,
-the sampled ops alone running, the step, the configuration and the network's config."""
+the sampled ops alone running, the step, the configuration, the network's config and an
+exact resume."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -14,6 +16,7 @@ from milenas_tf.core.errors import UserInputError
 from milenas_tf.search import config as search_config
 from milenas_tf.search import gumbel
 from milenas_tf.search import model as search_model
+from milenas_tf.search import run as search_run
 from milenas_tf.search import update_rules
 from milenas_tf.search.model import cross_entropy
 from milenas_tf.search.network import SearchNetwork
@@ -198,6 +201,7 @@ SEVERAL_REPLICAS = textwrap.dedent("""
     import tensorflow as tf
     from milenas_tf.core.errors import UserInputError
     from milenas_tf.search import model as search_model
+from milenas_tf.search import run as search_run
     with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
       try:
         search_model.build_search_model(3, (8, 8, 1), init_channels=4, num_cells=3,
@@ -314,3 +318,32 @@ def test_sampled_path_computes_the_primitives_of_space_layers(strides):
     for v, (o, sh) in zip(statistics, statistic_layout):
       np.testing.assert_allclose(moved[o:o + sh[0]], v.numpy(), rtol=1e-5, atol=1e-6,
                                  err_msg=name)
+
+
+class _StopAfterFirstEpoch(keras.callbacks.Callback):
+  """Stops the run as Ctrl-C would, after the first epoch's checkpoint."""
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.temperature = float(self.model.network.temperature)
+    raise KeyboardInterrupt
+
+
+def test_interrupted_gumbel_search_resumes_exactly(tmp_path):
+  # The noise generator's state, the temperature's step counter and both optimisers come
+  # back from the checkpoint: the resumed run draws the samples the whole run draws.
+  config = search_config.default_config()
+  config.update(dataset="fashion_mnist", limit=256, batch_size=32, epochs=2,
+                init_channels=4, num_cells=3, method="milenas_gdas")
+  stop = _StopAfterFirstEpoch()
+  with pytest.raises(KeyboardInterrupt):
+    search_run.run_search(config, str(tmp_path / "resumed"), verbose=0,
+                          extra_callbacks=[stop])
+  assert stop.temperature == 10.0  # the first epoch's
+  resumed = search_run.run_search(config, str(tmp_path / "resumed"), verbose=0)
+  whole = search_run.run_search(config, str(tmp_path / "whole"), verbose=0)
+  assert resumed.resumed_after == 1 and whole.resumed_after == 0
+  with np.load(os.path.join(tmp_path, "resumed", "alphas.npz")) as a, \
+       np.load(os.path.join(tmp_path, "whole", "alphas.npz")) as b:
+    for name in ("alphas_normal", "alphas_reduce"):
+      np.testing.assert_array_equal(a[name], b[name])
+  assert resumed.genotype == whole.genotype
