@@ -1,8 +1,11 @@
-"""The method comparison's report over several seeds: means and deviations by hand."""
+"""The method comparison's report over several seeds: means and deviations by hand, and
+the report of runs already finished."""
 
+import json
 import math
 import re
 
+import ml_collections
 import pytest
 
 from milenas_tf.core.errors import UserInputError
@@ -90,3 +93,48 @@ def test_a_bad_swept_value_is_refused_before_any_run(tmp_path):
     comparison.compare_methods(search_config.default_config(), str(tmp_path), ["milenas"],
                                sweep=("lambda_val", [1.0, -1.0]))
   assert not list(tmp_path.iterdir())
+
+
+def fake_run(run_dir, config, seconds, accuracy, final=True):
+  """A search's files as a finished (or interrupted) run leaves them."""
+  run_dir.mkdir(parents=True)
+  (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
+  (run_dir / "epochs.jsonl").write_text("".join(
+      json.dumps({"epoch": e + 1, "seconds": s, "val_accuracy": a}) + "\n"
+      for e, (s, a) in enumerate(zip(seconds, accuracy))))
+  genotypes.save_genotype(GENOTYPE, str(run_dir / "genotype.json"),
+                          {"epoch": len(seconds), "final": final})
+
+
+def test_report_only_reports_the_finished_runs_and_runs_nothing(tmp_path):
+  config = search_config.default_config()
+  seeded = lambda method, seed: ml_collections.ConfigDict(
+      {**config.to_dict(), "method": method, "seed": seed})
+  fake_run(tmp_path / "milenas" / "seed_2", seeded("milenas", 2), [3.0, 1.0], [0.5, 0.6])
+  fake_run(tmp_path / "milenas" / "seed_3", seeded("milenas", 3), [3.0, 1.0], [0.7, 0.8])
+  fake_run(tmp_path / "darts_1st" / "seed_2", seeded("darts_1st", 2), [3.0, 2.0],
+           [0.4, 0.5])
+  fake_run(tmp_path / "darts_1st" / "seed_3", seeded("darts_1st", 3), [3.0],
+           [0.3], final=False)  # interrupted
+  report = comparison.compare_methods(config, str(tmp_path),
+                                      ["milenas", "darts_1st", "darts_2nd"], seeds=2,
+                                      run=False)
+  by_label = {r["label"]: r for r in report["methods"]}
+  assert list(by_label) == ["milenas", "darts_1st"]  # darts_2nd has no run
+  assert by_label["milenas"]["seeds"] == [2, 3]
+  assert by_label["milenas"]["val_accuracy"] == [0.6, 0.7]
+  assert by_label["darts_1st"]["seeds"] == [2]
+  assert by_label["darts_1st"]["epoch_time_vs_milenas"] == 2.0
+  assert not (tmp_path / "darts_2nd").exists()
+  assert "| darts_1st | 1 |" in (tmp_path / "comparison.md").read_text()
+  assert json.loads((tmp_path / "comparison.json").read_text())["seeds"] == 2
+
+
+def test_report_only_refuses_runs_of_another_configuration_and_no_runs(tmp_path):
+  config = search_config.default_config()
+  other = ml_collections.ConfigDict({**config.to_dict(), "method": "milenas", "limit": 7})
+  fake_run(tmp_path / "milenas", other, [3.0], [0.5])
+  with pytest.raises(UserInputError, match=r"limit: 7 in the run, 0 now"):
+    comparison.compare_methods(config, str(tmp_path), ["milenas"], run=False)
+  with pytest.raises(UserInputError, match="holds no finished run of these methods"):
+    comparison.compare_methods(config, str(tmp_path / "empty"), ["milenas"], run=False)

@@ -19,11 +19,14 @@ field (the λ study: `("lambda_train", [0.1, 1.0, 999.0])`), in
 
 The paper's Figure 2 averages four runs per method. With an early stop, runs
 may end after different epochs: each epoch's figures are over the runs that
-reached it.
+reached it. `run=False` runs nothing: it reports the runs of the same configuration
+already finished under `output_dir` (while others still run, or when some variants
+had fewer runs), each variant over the seeds it has.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 from typing import Sequence
@@ -37,6 +40,7 @@ from milenas_tf.core import validation
 from milenas_tf.core.errors import UserInputError
 from milenas_tf.search import config as search_config
 from milenas_tf.search import run as search_run
+from milenas_tf.space import genotypes
 
 DEFAULT_METHODS = ("milenas", "milenas_2nd", "darts_1st", "darts_2nd")
 
@@ -140,10 +144,27 @@ def _variants(methods: Sequence[str], sweep: tuple[str, Sequence] | None
            {"method": method, field: value}) for method in methods for value in values]
 
 
+def _finished_genotype(run_dir: str, config: ml_collections.ConfigDict):
+  """The final genotype of the search of `config` in `run_dir`; None if none finished.
+
+  Raises:
+    UserInputError: if `run_dir` holds a run of another configuration.
+  """
+  if not run_directory.check_output_dir(run_dir, config.to_dict(), "search",
+                                        defaults=search_config.default_config().to_dict()):
+    return None
+  path = os.path.join(run_dir, "genotype.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    finished = json.load(f).get("final", False)
+  return genotypes.load_genotype(path) if finished else None
+
+
 def compare_methods(config: ml_collections.ConfigDict, output_dir: str,
                     methods: Sequence[str] = DEFAULT_METHODS, *, seeds: int = 1,
                     sweep: tuple[str, Sequence] | None = None,
-                    verbose: int | str = 2) -> dict:
+                    verbose: int | str = 2, run: bool = True) -> dict:
   """Runs each method (and swept value) `seeds` times on `config`, side by side.
 
   Args:
@@ -155,13 +176,16 @@ def compare_methods(config: ml_collections.ConfigDict, output_dir: str,
     sweep: (field, values): each method runs with each value of the field
       (`parse_sweep` reads it from text), e.g. `("lambda_train", [0.1, 1.0, 999.0])`.
     verbose: Keras progress verbosity of each search.
+    run: False: run nothing, report the finished runs (a variant without one is left
+      out).
 
   Returns:
     The content of `comparison.json`.
 
   Raises:
     UserInputError: for an unknown method, a bad seed count, sweep or configuration,
-      before any search starts.
+      before any search starts; a run directory of another configuration; with
+      `run=False`, no finished run at all.
   """
   validation.check_int("--seeds", seeds)
   if not methods:
@@ -181,11 +205,21 @@ def compare_methods(config: ml_collections.ConfigDict, output_dir: str,
       run_dir = os.path.join(output_dir, label)
       if seeds > 1:
         run_dir = os.path.join(run_dir, f"seed_{run_config.seed}")
-      print(f"== {label}, seed {run_config.seed} -> {run_dir}", flush=True)
-      result = search_run.run_search(run_config, run_dir, verbose=verbose)
+      if run:
+        print(f"== {label}, seed {run_config.seed} -> {run_dir}", flush=True)
+        genotype = search_run.run_search(run_config, run_dir, verbose=verbose).genotype
+      else:
+        genotype = _finished_genotype(run_dir, run_config)
+        if genotype is None:
+          print(f"== {label}, seed {run_config.seed}: no finished run in {run_dir}")
+          continue
       records = callbacks.read_epoch_log(os.path.join(run_dir, run_directory.EPOCH_LOG))
-      runs.append(summarize(run_config.method, records, result.genotype, run_config.seed))
-    results.append({"label": label, **aggregate(variant_config.method, runs)})
+      runs.append(summarize(run_config.method, records, genotype, run_config.seed))
+    if runs:
+      results.append({"label": label, **aggregate(variant_config.method, runs)})
+  if not results:
+    raise UserInputError(f"{output_dir} holds no finished run of these methods and this "
+                         "configuration; run the comparison without --report_only first.")
   reference = results[0]["label"]
   for r in results:
     r["epoch_time_vs_" + reference] = round(r["mean_epoch_s"] / results[0]["mean_epoch_s"],
