@@ -5,10 +5,10 @@
 Run under `core.launch` (with `TF_CONFIG`: distribution "multi_worker") or alone
 (distribution "default"). Options (JSON): kind ("search" or "train"), output_dir,
 record (a path prefix: the final alpha and weights go to `<record><worker>.npz`),
-method, epochs, float64, die_at_epoch and die_worker (that worker SIGKILLs itself
-at the start of that epoch's second step, writing the time to `<record>died`),
-stop_after (epochs; the run stops there
-and can be resumed).
+method, epochs, float64, die_at_epoch and die_worker (that worker SIGKILLs itself at
+the start of that epoch's second step, or with hang set sleeps there for an hour, alive
+and sending heartbeats; it writes the time to `<record>died`), worker_timeout_s (the
+configuration's), stop_after (epochs; the run stops there and can be resumed).
 """
 
 import json
@@ -49,6 +49,8 @@ class Control(keras.callbacks.Callback):
         and worker_index() == OPTIONS.get("die_worker")):
       with open(OPTIONS["record"] + "died", "w") as f:
         f.write(str(time.time()))
+      if OPTIONS.get("hang"):
+        time.sleep(3600)
       os.kill(os.getpid(), signal.SIGKILL)
 
   def on_train_begin(self, logs=None):
@@ -81,6 +83,8 @@ def main() -> None:
   config.update(dataset="fashion_mnist", limit=64, batch_size=16,
                 epochs=OPTIONS.get("epochs", 2), init_channels=4, num_cells=3,
                 distribution="multi_worker" if "TF_CONFIG" in os.environ else "default")
+  if "worker_timeout_s" in OPTIONS:
+    config.worker_timeout_s = OPTIONS["worker_timeout_s"]
   if kind == "search":
     config.update(method=OPTIONS.get("method", "milenas"), init_channels=2, order="fused",
                   augment=False)

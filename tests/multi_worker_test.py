@@ -37,11 +37,13 @@ def results(output: str) -> dict:
                                    for line in output.splitlines() if "RESULT " in line)}
 
 
-def run_workers(options: dict, tmp) -> tuple[int, str, float]:
+def run_workers(options: dict, tmp, grace_s: float = launch.GRACE_S
+                ) -> tuple[int, str, float]:
   """Two workers; their exit status, output and the time they stopped."""
   output = io.StringIO()
   status = launch.launch([sys.executable, CHILD, json.dumps(options)], 2,
-                         env=environment(tmp), output=output, timeout_s=TIMEOUT_S)
+                         env=environment(tmp), output=output, grace_s=grace_s,
+                         timeout_s=TIMEOUT_S)
   return status, output.getvalue(), time.time()
 
 
@@ -166,7 +168,29 @@ def test_a_killed_worker_stops_the_other_with_one_line(trainings):
   chief = [line for line in trainings["killed_output"].splitlines()
            if line.startswith("[worker 0] error:")]
   assert len(chief) == 1 and "restart every worker" in chief[0], chief
+  assert 'File "' not in chief[0], chief  # the cause, not where the op was made
   assert "Traceback" not in trainings["killed_output"]
+
+
+def test_a_worker_that_hangs_alive_stops_the_other_with_one_line(tmp_path):
+  # Worker 1's main thread sleeps: the process lives on and sends its heartbeats, so the
+  # chief's watchdog, seeing no step finish for worker_timeout_s, stops the run.
+  status, output, stopped = run_workers(
+      {"kind": "train", "epochs": 2, "output_dir": str(tmp_path / "run"),
+       "record": str(tmp_path / "hung_"), "die_at_epoch": 2, "die_worker": 1,
+       "hang": True, "worker_timeout_s": 30}, tmp_path / "tmp",
+      grace_s=1)  # the hung worker is killed a second after the chief fails
+  assert status != 0
+  assert (tmp_path / "hung_died").exists(), output[-5000:]  # the run got that far
+  hung = float((tmp_path / "hung_died").read_text())
+  assert 30 < stopped - hung < 90, stopped - hung
+  chief = [line for line in output.splitlines() if line.startswith("[worker 0] error:")]
+  assert len(chief) == 1, output[-3000:]
+  assert "no step finished in 30 s (config.worker_timeout_s)" in chief[0], chief
+  assert "restart every worker" in chief[0], chief
+  assert "Traceback" not in output
+  log = (tmp_path / "run" / "epochs.jsonl").read_text().splitlines()
+  assert [json.loads(line)["epoch"] for line in log] == [1]  # epoch 1 kept to resume
 
 
 def test_restarted_workers_resume_and_end_as_the_uninterrupted_run(trainings):

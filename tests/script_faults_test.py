@@ -80,6 +80,13 @@ RAISER = textwrap.dedent("""
       if kind == "tensorflow":
         import tensorflow as tf
         raise tf.errors.ResourceExhaustedError(None, None, "Out of disk writing x.pb\\nmore")
+      if kind == "collective":
+        import tensorflow as tf
+        raise tf.errors.DeadlineExceededError(None, None, (
+            "Graph execution error:\\n\\nDetected at node CollectiveReduceV2 defined at "
+            "(most recent call last):\\n  File \\"x.py\\", line 9, in <module>\\n\\n"
+            "{{function_node __wrapped__CollectiveReduceV2}} Collective ops is aborted by: "
+            "no step finished in 9 s\\nmore"))
       if kind == "bug":
         raise ZeroDivisionError("a bug")
       raise KeyboardInterrupt
@@ -92,6 +99,9 @@ RAISER = textwrap.dedent("""
     ("os", 2, "error: No space left on device: /full/run/ckpt.weights.h5; free some space"),
     ("user", 2, "error: bad input; fix it."),
     ("tensorflow", 2, "error: Out of disk writing x.pb; free disk space or memory"),
+    ("collective", 2, "error: a worker of the cluster stopped or does not answer "
+     "(DeadlineExceededError: Collective ops is aborted by: no step finished in 9 s); "
+     "restart every worker"),
     ("interrupt", 130, "Interrupted; rerun the same command to resume"),
 ])
 def test_cli_run_ends_in_one_line(kind, status, message):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 from typing import Callable, NoReturn
 
@@ -139,15 +140,21 @@ def os_error_line(e: OSError) -> str:
   return f"{reason}{where}; {_OS_ERROR_FIXES.get(e.errno, _OS_ERROR_FIX)}."
 
 
+# Lines of a TensorFlow error message before its cause.
+_NOT_THE_REASON = re.compile(r'^(Graph execution error:|Detected at node .*:$|File ")')
+
+
 def _fail_on_tensorflow_error(e: Exception) -> None:
   """TensorFlow's own file and memory errors (writing a SavedModel or an event file to
   a full disk, running out of memory) and a lost worker as one line; any other error
   propagates."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top  # loaded by now
   lines = [line.strip() for line in (getattr(e, "message", "") or "").splitlines()]
-  # A graph's error starts with "Graph execution error:"; the cause is further down.
-  lines = [line for line in lines if line and not line.endswith(":")] or [type(e).__name__]
-  reason = lines[0][:300]
+  # A graph's error starts with headers and the stack where the failing op was made;
+  # the cause is further down.
+  lines = [line for line in lines if line and not _NOT_THE_REASON.match(line)]
+  # A function's error starts with its node's name: "{{function_node ...}} reason".
+  reason = re.sub(r"^\{\{[^}]*\}\}\s*", "", (lines or [type(e).__name__])[0])[:300]
   if isinstance(e, (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError)):
     _fail(f"{reason}; free disk space or memory, or fix the permissions, then rerun "
           "(a run resumes from its last finished epoch).")

@@ -18,7 +18,9 @@ strategy, the data, the model, its own callbacks and what it writes at the end.
 8. `fit` the remaining epochs with the shared callbacks (input epoch, the
    divergence guard, TensorBoard, the epoch log, the checkpoint) around the
    task's own; the guard comes before every callback that writes the model, so a
-   NaN or infinite loss or weight stops the run before it is saved;
+   NaN or infinite loss or weight stops the run before it is saved; on several
+   workers a watchdog (`watchdog.StallWatchdog`) stops a run whose steps no longer
+   finish;
 9. return what `task.finish` writes and reports, and release the lock.
 
 Under `MultiWorkerMirroredStrategy` only the chief locks, checks and writes the
@@ -47,6 +49,7 @@ from milenas_tf.core import files
 from milenas_tf.core import graph_options
 from milenas_tf.core import lock
 from milenas_tf.core import run_directory
+from milenas_tf.core import watchdog
 from milenas_tf.core.errors import UserInputError
 
 
@@ -243,13 +246,16 @@ def _run_locked(task: Task, output_dir: str, write_dir: str, strategy: tf.distri
     records = [keras.callbacks.TensorBoard(log_dir, write_graph=False, profile_batch=0),
                callbacks.EpochLog(os.path.join(output_dir, run_directory.EPOCH_LOG)),
                callbacks.EpochCheckpoint(checkpoint_dir)] if chief else []
+    # A worker that hangs while alive would keep the others waiting in a collective.
+    timeout_s = config.get("worker_timeout_s", 0)
+    guards = [watchdog.StallWatchdog(timeout_s)] if several and timeout_s > 0 else []
     # In-memory batches: each replica takes its slice of the same global batches.
     train = (distribution.slice_global_batches(strategy, inputs.train)
              if inputs.in_memory else inputs.train)
     fit = model.fit(
         train, validation_data=inputs.validation, epochs=config.epochs,
         initial_epoch=done, verbose=verbose, shuffle=False,
-        callbacks=[callbacks.InputEpoch(input_epoch),
+        callbacks=[*guards, callbacks.InputEpoch(input_epoch),
                    divergence.DivergenceGuard(task.kind, divergence.advice_for(config)),
                    *task.callbacks(write_dir, log_dir),
                    *records,

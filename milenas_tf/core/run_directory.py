@@ -21,8 +21,8 @@ LOCK_FILE = lock.LOCK_FILE         # held by the running process (`lock.Director
 _FOREIGN_FIELDS = 3
 # Keys that may differ between a run and its resumption: where the data comes from and
 # how the same computation runs.
-RESUME_FREE_KEYS = ("data_dir", "data_source", "distribution", "remapping",
-                    "graph_optimizer")
+RESUME_FREE_KEYS = ("data_dir", "data_source", "distribution", "worker_timeout_s",
+                    "remapping", "graph_optimizer")
 
 
 def read_config(run_dir: str, defaults: dict | None = None) -> dict | None:

@@ -160,6 +160,7 @@ def check_run_options(config: Mapping[str, Any]) -> None:
   check_int("config.batch_size", config["batch_size"])
   check_int("config.seed", config["seed"], minimum=0)
   distribution.check_spec(config["distribution"])
+  check_number("config.worker_timeout_s", config["worker_timeout_s"], minimum=0)
   check_choice("remapping setting", config["remapping"], graph_options.REMAPPING)
   check_choice("graph_optimizer setting", config["graph_optimizer"],
                graph_options.GRAPH_OPTIMIZER)

@@ -78,6 +78,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.deterministic = False
   # Distribution (milenas_tf/core/distribution.py, docs/distributed.md); batch_size is global.
   config.distribution = "auto"       # auto | default | mirrored | multi_worker | /gpu:0,/gpu:1
+  # Several workers: the run stops when no step finishes for this long (0: waits for ever).
+  config.worker_timeout_s = 600.0
   config.remapping = "auto"          # Grappler op fusion: auto (off on CPUs) | on | off
   config.graph_optimizer = "light"   # Grappler: light (one round, fast first step) | full
   return config

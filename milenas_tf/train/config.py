@@ -60,6 +60,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.label_smoothing = 0.0
   # Distribution (milenas_tf/core/distribution.py); batch_size is the global batch.
   config.distribution = "auto"        # auto | default | mirrored | multi_worker | /gpu:0,/gpu:1
+  # Several workers: the run stops when no step finishes for this long (0: waits for ever).
+  config.worker_timeout_s = 600.0
   config.scale_learning_rate = False  # learning_rate * batch_size / base_batch_size
   config.base_batch_size = 96         # the batch the learning rate is given for
   config.precision = "auto"           # auto (mixed_float16 on GPUs) | float32 | mixed_float16
