@@ -209,6 +209,7 @@ def test_another_configuration_is_refused(interrupted_then_resumed):
     ({"precision": "float16"}, "Unknown precision"),
     ({"remapping": "yes"}, "Unknown remapping setting 'yes'; choose one of auto, on, off"),
     ({"graph_optimizer": "none"}, "Unknown graph_optimizer setting 'none'"),
+    ({"worker_timeout_s": -1.0}, r"config.worker_timeout_s must be >= 0, got -1.0"),
     ({"dataset": "svhn"}, "Unknown dataset name 'svhn'"),
 ])
 def test_bad_configuration_is_a_one_line_error(tmp_path, overrides, message):
