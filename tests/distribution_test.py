@@ -77,6 +77,11 @@ CHILD = textwrap.dedent("""
       two.fit(data, epochs=2, verbose=0)
       result[f"diff_sync_{sync}"] = max(
           float(np.abs(a - b).max()) for a, b in zip(one.get_weights(), two.get_weights()))
+      # Each replica's copy of the batch norms' moving averages.
+      copies = [[c.numpy() for c in v.value.values] for v in two.variables
+                if v.path.endswith(("moving_mean", "moving_variance"))]
+      result[f"moving_stats_{sync}"] = len(copies)
+      result[f"copies_apart_sync_{sync}"] = max(float(np.abs(a - b).max()) for a, b in copies)
     result["moved"] = max(float(np.abs(a - b).max())
                           for a, b in zip(one.get_weights(), start))
     path = sys.argv[1]
@@ -207,6 +212,14 @@ def test_two_replicas_equal_one_device_on_the_same_global_batch(two_replica_run)
   # Per-replica batch statistics (sync off) compute another function: the test
   # above would see it.
   assert two_replica_run["diff_sync_False"] > 1e-3
+
+
+def test_replicas_keep_one_copy_of_the_moving_statistics(two_replica_run):
+  # Global-batch statistics are the same on every replica; per-replica ones are not,
+  # and the moving averages follow the first replica's rather than drifting apart.
+  for sync in (True, False):
+    assert two_replica_run[f"moving_stats_{sync}"] > 10
+    assert two_replica_run[f"copies_apart_sync_{sync}"] == 0.0
 
 
 def test_global_batch_statistics_keep_float32_precision(two_replica_run):

@@ -9,7 +9,8 @@ constructor arguments:
 - `sync_batch_norm`: in training under a strategy with several replicas, batch norm
   normalises with the statistics of the global batch (True, the default: a step on
   N replicas computes what one device computes on the whole batch) or with each
-  replica's sub-batch (False, as PyTorch's DataParallel does).
+  replica's sub-batch (False, as PyTorch's DataParallel does; the moving averages then
+  follow the first replica's).
 
 Primitives: `none` (Zero), `max_pool_3x3` and `avg_pool_3x3` (Pooling),
 `skip_connect` (Identity, or FactorizedReduce at stride 2), `sep_conv_{3,5}x{3,5}`
@@ -57,12 +58,16 @@ class BatchNorm(keras.layers.Layer):
                                    autocast=False)
       self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta",
                                   autocast=False)
+    # Per-replica statistics differ between replicas: the moving averages keep the
+    # first replica's, as DataParallel keeps the first device's buffers, rather than
+    # letting each replica's copy of the variable drift apart.
+    aggregation = "none" if self.sync else "only_first_replica"
     self.moving_mean = self.add_weight(shape=(channels,), initializer="zeros",
                                        trainable=False, name="moving_mean",
-                                       autocast=False)
+                                       autocast=False, aggregation=aggregation)
     self.moving_variance = self.add_weight(shape=(channels,), initializer="ones",
                                            trainable=False, name="moving_variance",
-                                           autocast=False)
+                                           autocast=False, aggregation=aggregation)
 
   def call(self, x, training=False):
     return kernels.batch_norm(x, self.moving_mean, self.moving_variance, training,
