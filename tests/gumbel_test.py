@@ -201,7 +201,6 @@ SEVERAL_REPLICAS = textwrap.dedent("""
     import tensorflow as tf
     from milenas_tf.core.errors import UserInputError
     from milenas_tf.search import model as search_model
-from milenas_tf.search import run as search_run
     with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
       try:
         search_model.build_search_model(3, (8, 8, 1), init_channels=4, num_cells=3,
