@@ -4,9 +4,9 @@ When a worker of a `MultiWorkerMirroredStrategy` cluster dies, TensorFlow's
 coordination service misses its heartbeats and the others' next collective fails
 (a stopped process, SIGSTOP, sends none either). When a worker hangs while its
 heartbeat thread runs on (deadlocked, stuck in its input or a file system), the
-others wait in that collective for ever. Collective
-timeouts are no cure in TensorFlow 2.21: each one waits on a thread of its own,
-thousands a second under batch norm's all-reduces.
+others wait in that collective for ever. Collective timeouts are no cure in
+TensorFlow 2.21: each one waits on a thread of its own, thousands a second under
+batch norm's all-reduces.
 
 `StallWatchdog` instead notes the time of every finished training and validation
 batch and epoch; a thread of its own aborts the process's collective operations
