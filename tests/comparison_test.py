@@ -138,3 +138,13 @@ def test_report_only_refuses_runs_of_another_configuration_and_no_runs(tmp_path)
     comparison.compare_methods(config, str(tmp_path), ["milenas"], run=False)
   with pytest.raises(UserInputError, match="holds no finished run of these methods"):
     comparison.compare_methods(config, str(tmp_path / "empty"), ["milenas"], run=False)
+
+
+def test_report_only_names_a_damaged_genotype_file(tmp_path):
+  config = search_config.default_config()
+  run_dir = tmp_path / "milenas"
+  fake_run(run_dir, ml_collections.ConfigDict({**config.to_dict(), "method": "milenas"}),
+           [3.0], [0.5])
+  (run_dir / "genotype.json").write_text('{"genotype": {"normal": [')
+  with pytest.raises(UserInputError, match=r"genotype.json: invalid JSON"):
+    comparison.compare_methods(config, str(tmp_path), ["milenas"], run=False)

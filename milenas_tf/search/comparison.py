@@ -156,9 +156,10 @@ def _finished_genotype(run_dir: str, config: ml_collections.ConfigDict):
   path = os.path.join(run_dir, "genotype.json")
   if not os.path.exists(path):
     return None
+  # First through load_genotype: a damaged file is its one-line error, not a traceback.
+  genotype = genotypes.load_genotype(path)
   with open(path) as f:
-    finished = json.load(f).get("final", False)
-  return genotypes.load_genotype(path) if finished else None
+    return genotype if json.load(f).get("final", False) else None
 
 
 def compare_methods(config: ml_collections.ConfigDict, output_dir: str,
