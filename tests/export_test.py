@@ -225,7 +225,7 @@ def test_versions_increase_and_are_never_replaced(fmnist_export):
     export.export_network(network, info, base, "a/b")
   with open(second.model_config) as f:
     text = f.read()
-  assert f'name: "fmnist"' in text
+  assert 'name: "fmnist"' in text
   assert f'base_path: "{os.path.abspath(base)}/fmnist"' in text
   assert export.write_model_config(base, "/models") and 'base_path: "/models/fmnist"' in (
       open(os.path.join(base, export.MODEL_CONFIG_FILE)).read())

@@ -463,8 +463,8 @@ def _resolve_source(source: str, data_dir: str | None,
           f"source={source!r} needs data_dir (--config.data_dir), the "
           "directory holding the ImageNet data.")
     return "tfds"
-  if not tf.io.gfile.isdir(data_dir) and not (source == "tfds" and
-                                               manual_dir is not None):
+  manual = source == "tfds" and manual_dir is not None
+  if not tf.io.gfile.isdir(data_dir) and not manual:
     raise UserInputError(
         f"ImageNet data_dir {data_dir} does not exist; point data_dir "
         "(--config.data_dir) at the TFRecord shards, the train/ and val/ "
