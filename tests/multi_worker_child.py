@@ -54,8 +54,7 @@ class Control(keras.callbacks.Callback):
       os.kill(os.getpid(), signal.SIGKILL)
 
   def on_train_begin(self, logs=None):
-    np.savez(f"{OPTIONS['record']}{worker_index()}_start.npz",
-             **{f"w{i}": v.numpy() for i, v in enumerate(self.model.network.weights)})
+    np.savez(f"{OPTIONS['record']}{worker_index()}_start.npz", **variables(self.model))
 
   def on_epoch_begin(self, epoch, logs=None):
     self.epoch = epoch
@@ -68,13 +67,17 @@ class Control(keras.callbacks.Callback):
       self.model.stop_training = True
 
   def on_train_end(self, logs=None):
-    model = self.model
-    network = model.network
-    arrays = {f"w{i}": v.numpy() for i, v in enumerate(network.weights)}
-    arrays["losses"] = np.array(getattr(self, "losses", []))
-    if hasattr(network, "arch_variables"):
-      arrays.update({f"a{i}": v.numpy() for i, v in enumerate(network.arch_variables)})
-    np.savez(f"{OPTIONS['record']}{worker_index()}.npz", **arrays)
+    np.savez(f"{OPTIONS['record']}{worker_index()}.npz", **variables(self.model),
+             losses=np.array(getattr(self, "losses", [])))
+
+
+def variables(model) -> dict:
+  """The network's weights (`w<i>`) and, in a search, its alphas (`a<i>`)."""
+  network = model.network
+  arrays = {f"w{i}": v.numpy() for i, v in enumerate(network.weights)}
+  if hasattr(network, "arch_variables"):
+    arrays.update({f"a{i}": v.numpy() for i, v in enumerate(network.arch_variables)})
+  return arrays
 
 
 def main() -> None:

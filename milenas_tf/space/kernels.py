@@ -403,25 +403,29 @@ def _batch_norm_synchronized(x, moving_mean, moving_variance, gamma, beta):
   exactly (the parallel variance of Chan, Golub and LeVeque), in float64. The
   one-pass E[x^2] - mean^2 would lose most float32 digits in channels whose variance
   is small against their squared mean, such as convolutions of flat backgrounds.
+  Normalisation runs in float32, or in float64 for a float64 input, so that a float64
+  network on N replicas computes what it computes on one device, to float64 rounding.
   """
   context = tf.distribute.get_replica_context()
-  x32 = tf.cast(x, tf.float32)
-  count = _count(x32)
-  local_mean = tf.reduce_mean(x32, axis=[0, 1, 2])
-  local_m2 = tf.reduce_sum(tf.square(x32 - local_mean), axis=[0, 1, 2])
+  dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
+  xc = tf.cast(x, dtype)
+  count = _count(xc)
+  local_mean = tf.reduce_mean(xc, axis=[0, 1, 2])
+  local_m2 = tf.reduce_sum(tf.square(xc - local_mean), axis=[0, 1, 2])
   local = tf.stack([tf.fill(tf.shape(local_mean), count), local_mean, local_m2])
   # Each replica's statistics in its own row: the sum gathers them (adding zeros is exact).
-  row = tf.one_hot(context.replica_id_in_sync_group, context.num_replicas_in_sync)
+  row = tf.one_hot(context.replica_id_in_sync_group, context.num_replicas_in_sync,
+                   dtype=dtype)
   rows = context.all_reduce(tf.distribute.ReduceOp.SUM, row[:, None, None] * local)
   counts, means, m2 = tf.unstack(tf.cast(rows, tf.float64), axis=1)
   n = tf.reduce_sum(counts, axis=0)
   mean = tf.reduce_sum(counts * means, axis=0) / n
   variance = (tf.reduce_sum(m2, axis=0)
               + tf.reduce_sum(counts * tf.square(means - mean), axis=0)) / n
-  mean, variance, n = (tf.cast(t, tf.float32) for t in (mean, variance, n[0]))
+  mean, variance, n = (tf.cast(t, dtype) for t in (mean, variance, n[0]))
   _update_moving_statistics(moving_mean, moving_variance, mean, variance, n)
-  cast = lambda v: None if v is None else tf.cast(v, tf.float32)
-  y = tf.nn.batch_normalization(x32, mean, variance, cast(beta), cast(gamma), BN_EPSILON)
+  cast = lambda v: None if v is None else tf.cast(v, dtype)
+  y = tf.nn.batch_normalization(xc, mean, variance, cast(beta), cast(gamma), BN_EPSILON)
   return tf.cast(y, x.dtype)
 
 
