@@ -6,6 +6,8 @@ prints JSON lines.
   python bin/benchmark.py --configs=small --orders=fused --steps=3
   python bin/benchmark.py --configs=small --orders=fused --devices=1,2 --steps=3
   python bin/benchmark.py --configs=paper --orders=reference --workers=1,2 --steps=3
+  python bin/benchmark.py --configs=paper --orders=reference --workers=1,2 \
+      --sync_batch_norm=on,off
   python bin/benchmark.py --configs= --train_configs=cifar10,imagenet --devices=1,2
   python bin/benchmark.py --configs=paper --orders=reference --onednn=on,off
   python bin/benchmark.py --configs= --train_configs=cifar10 --remapping=off,on
@@ -16,12 +18,13 @@ prints JSON lines.
   python bin/benchmark.py --configs=paper --orders=reference \
       --methods=milenas,darts_2nd --hessians=exact_recompute --rounds=3
 
-Results of the same configuration, order, oneDNN and Grappler settings, replica or
-worker count and round carry their ratio to `milenas` (`step_s_vs_milenas`, ...) when `milenas` is
-among the methods; `--rounds` repeats the whole list to show how far the ratios move
-between runs. Every job runs with oneDNN on (`TF_ENABLE_ONEDNN_OPTS=1`, as the scripts
-do) and Grappler as the configs' defaults leave it (remapper "auto", optimiser
-"light") unless `--onednn`, `--remapping` or `--graph_optimizer` says otherwise.
+Results of the same configuration, order, settings, replica or worker count and round
+carry their ratio to `milenas` (`step_s_vs_milenas`, ...) when `milenas` is among the
+methods; `--rounds` repeats the whole list to show how far the ratios move between runs.
+Every job runs with oneDNN on (`TF_ENABLE_ONEDNN_OPTS=1`, as the scripts do), Grappler
+as the configs' defaults leave it (remapper "auto", optimiser "light") and global-batch
+batch norm unless `--onednn`, `--remapping`, `--graph_optimizer` or `--sync_batch_norm`
+says otherwise.
 """
 
 import json
@@ -56,6 +59,9 @@ _REMAPPING = flags.DEFINE_list(
 _GRAPH_OPTIMIZER = flags.DEFINE_list(
     "graph_optimizer", ["light"], "Grappler optimisation settings, one job each: light "
     "(one round, no memory optimiser; the configs' default), full (TensorFlow's).")
+_SYNC_BATCH_NORM = flags.DEFINE_list(
+    "sync_batch_norm", ["on"], "Search and training jobs, one each: on (global-batch batch "
+    "norm across replicas and workers, the configs' default), off (each replica's own).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after the first one.")
 _ROUNDS = flags.DEFINE_integer(
     "rounds", 1, "Runs the whole list of jobs this many times, one round after the "
@@ -75,6 +81,7 @@ def main(argv):
                                       _STEPS.value, _HESSIANS.value, _DEVICES.value,
                                       _WORKERS.value)
   jobs += benchmark_runner.train_jobs(_TRAIN_CONFIGS.value, _STEPS.value, _DEVICES.value)
+  jobs = benchmark_runner.with_settings(jobs, "sync_batch_norm", _SYNC_BATCH_NORM.value)
   jobs += benchmark_runner.serving_jobs(_SERVING_CONFIGS.value, _SERVING_BATCHES.value,
                                         _SERVING_SECONDS.value)
   jobs = benchmark_runner.with_settings(jobs, "remapping", _REMAPPING.value)

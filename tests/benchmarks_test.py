@@ -111,6 +111,12 @@ def test_ratios_are_to_milenas_of_the_same_configuration_and_order():
   assert (out[1]["first_step_s_vs_milenas"], out[1]["step_s_vs_milenas"],
           out[1]["peak_memory_mb_vs_milenas"]) == (1.5, 2.5, 1.25)
   assert "step_s_vs_milenas" not in out[2]  # no milenas result in the fused order
+  # Another batch-norm setting is another baseline.
+  milenas, darts = ({k: v for k, v in r.items() if "_vs_" not in k} for r in results[:2])
+  out = list(benchmark_runner.with_ratios([
+      dict(milenas, sync_batch_norm="on"), dict(darts, sync_batch_norm="off"),
+      dict(milenas, sync_batch_norm="off")]))
+  assert "step_s_vs_milenas" not in out[1] and out[2]["step_s_vs_milenas"] == 1.0
 
 
 def test_rounds_repeat_the_jobs_and_take_ratios_within_their_round():
@@ -185,6 +191,10 @@ def test_jobs_repeat_per_setting():
     benchmark_runner.with_settings(jobs, "onednn", ["fast"])
   with pytest.raises(UserInputError, match="Unknown remapping setting 'yes'"):
     benchmark_runner.with_settings(jobs, "remapping", ["yes"])
+  jobs = benchmark_runner.with_settings(jobs[:1], "sync_batch_norm", ["on", "off"])
+  assert [j["sync_batch_norm"] for j in jobs] == ["on", "off"]
+  with pytest.raises(UserInputError, match="Unknown sync_batch_norm setting 'yes'"):
+    benchmark_runner.with_settings(jobs, "sync_batch_norm", ["yes"])
   with pytest.raises(UserInputError, match="Unknown benchmark setting 'xla'"):
     benchmark_runner.with_settings(jobs, "xla", ["on"])
 

@@ -10,9 +10,11 @@ import pytest
 import tensorflow as tf
 
 from milenas_tf.core.errors import UserInputError
+from milenas_tf.search import cell
 from milenas_tf.search import model as search_model
 from milenas_tf.search.model import _Passes
 from milenas_tf.search.model import cross_entropy
+from milenas_tf.space import layers
 
 SHAPE = (8, 8, 1)
 BATCH = 4
@@ -129,6 +131,17 @@ def test_alpha_is_float32_and_tracked():
   assert not {id(v) for v in model.network.arch_variables} & {
       id(v) for v in model.network.weight_variables}
   assert any("alphas_normal" in n for n in names) and any("alphas_reduce" in n for n in names)
+
+
+def test_sync_batch_norm_reaches_every_batch_norm():
+  for sync in (True, False):
+    network = tiny_model(sync_batch_norm=sync).network
+    found = network._flatten_layers()  # pylint: disable=protected-access
+    # The stem's and preprocessing's batch-norm layers, and the edges' mixed ops.
+    norms = [layer.sync for layer in found if isinstance(layer, layers.BatchNorm)]
+    edges = [layer.sync_batch_norm for layer in found
+             if isinstance(layer, cell.MixedOps)]
+    assert len(norms) > 5 and len(edges) > 3 and set(norms + edges) == {sync}
 
 
 def test_unknown_method_and_order_are_rejected():

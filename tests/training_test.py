@@ -20,6 +20,7 @@ from milenas_tf.core.callbacks import read_epoch_log
 from milenas_tf.core.errors import UserInputError
 from milenas_tf.data import datasets
 from milenas_tf.serving import export
+from milenas_tf.space import layers
 from milenas_tf.train import callbacks as train_callbacks
 from milenas_tf.train import config as train_config
 from milenas_tf.train import inputs as train_inputs
@@ -216,6 +217,15 @@ def test_bad_configuration_is_a_one_line_error(tmp_path, overrides, message):
   with pytest.raises(UserInputError, match=message):
     train_run.run_training(tiny_config(**overrides), str(tmp_path / "run"), verbose=0)
   assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_sync_batch_norm_reaches_every_batch_norm(sync):
+  config = tiny_config(sync_batch_norm=sync)
+  model = train_model.build_train_model(config, datasets.dataset_info("fashion_mnist"), 1)
+  norms = [layer for layer in model.network._flatten_layers()  # pylint: disable=protected-access
+           if isinstance(layer, layers.BatchNorm)]
+  assert len(norms) > 10 and {layer.sync for layer in norms} == {sync}
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path):

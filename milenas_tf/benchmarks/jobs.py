@@ -49,7 +49,8 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
                 steps: int = 5, grappler: bool = True, inter_op_threads: int = 0,
                 hessian: str | None = None, remapping: str = "auto",
                 graph_optimizer: str = "light", devices: int = 1, workers: int = 1,
-                communicate: bool = True, **overrides) -> dict:
+                communicate: bool = True, sync_batch_norm: str = "on",
+                **overrides) -> dict:
   """Times the search step of one configuration in this process.
 
   Args:
@@ -70,6 +71,8 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
       `MultiWorkerMirroredStrategy` cluster (from `TF_CONFIG`) sharing the global
       batch, or independent processes that each step on their share of it (the
       same computation without the collectives).
+    sync_batch_norm: "on" (global-batch batch norm across replicas and workers)
+      or "off" (each replica's own statistics), as the config's field.
     **overrides: changes to the configuration.
 
   Returns:
@@ -103,7 +106,8 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
     model = search_model.build_search_model(
         num_classes=10, input_shape=shape, init_channels=spec["init_channels"],
         num_cells=spec["num_cells"], method=method, order=order, epochs=50,
-        steps_per_epoch=100, hessian=hessian or "finite_difference")
+        steps_per_epoch=100, hessian=hessian or "finite_difference",
+        sync_batch_norm=_on(sync_batch_norm))
   model.make_train_function()
   train_function = model.train_function
   iterator = iter(distribution.slice_global_batches(strategy, data) if cluster
@@ -119,6 +123,7 @@ def search_step(config: str, method: str = "milenas", order: str = "reference",
       "benchmark": "search_step", "config": config, "method": method, "order": order,
       "hessian": hessian, "devices": devices, "workers": workers,
       "communicate": communicate, "replicas": strategy.num_replicas_in_sync,
+      "sync_batch_norm": sync_batch_norm,
       "process_batch_size": batch,
       **spec, "grappler": grappler, "inter_op_threads": inter_op_threads,
       "remapping": remapping, "remapping_on": remapping_on,
@@ -140,6 +145,11 @@ def _traced_ops(function, *args) -> int:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   graph_def = tf.function(function).get_concrete_function(*args).graph.as_graph_def()
   return len(graph_def.node) + sum(len(f.node_def) for f in graph_def.library.function)
+
+
+def _on(setting: str) -> bool:
+  """A benchmark setting "on" or "off" as a bool."""
+  return {"on": True, "off": False}[setting]
 
 
 def _logical_cpus(count: int) -> str:
@@ -215,7 +225,7 @@ def _synthetic_info(spec: dict):
 
 def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
                devices: int = 1, remapping: str = "auto", graph_optimizer: str = "light",
-               **overrides) -> dict:
+               sync_batch_norm: str = "on", **overrides) -> dict:
   """Times the training step of an evaluation network, and its input pipeline.
 
   The step is `TrainModel.train_step` (auxiliary head, drop path 0.2, clipping,
@@ -233,6 +243,7 @@ def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
       devices (the global batch is unchanged).
     remapping: Grappler's op fusion, as the training config's `remapping`.
     graph_optimizer: Grappler's amount of optimisation, as the config's setting.
+    sync_batch_norm: "on" or "off", as the config's field (matters above one device).
     **overrides: changes to the configuration.
 
   Returns:
@@ -265,7 +276,7 @@ def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
   recipe = train_config.default_config()
   recipe.update(genotype=genotype, setting=spec["setting"],
                 init_channels=spec["init_channels"], num_cells=spec["num_cells"],
-                batch_size=batch)
+                batch_size=batch, sync_batch_norm=_on(sync_batch_norm))
   if devices > 1:
     recipe.distribution = _logical_cpus(devices)
   strategy = distribution.strategy_for_batch(recipe.distribution, batch)
@@ -279,7 +290,8 @@ def train_step(config: str, steps: int = 5, genotype: str = "DARTS_V2",
   first_done, step = _time_steps(lambda: float(model.train_function(data)["loss"]), steps)
   return {
       "benchmark": "train_step", "config": config, "genotype": genotype,
-      "devices": devices, "replicas": strategy.num_replicas_in_sync, **spec,
+      "devices": devices, "replicas": strategy.num_replicas_in_sync,
+      "sync_batch_norm": sync_batch_norm, **spec,
       "remapping": remapping, "remapping_on": remapping_on,
       "graph_optimizer": graph_optimizer,
       "build_s": round(t0 - imported, 2),

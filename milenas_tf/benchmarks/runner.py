@@ -126,17 +126,18 @@ RATIO_KEYS = ("first_step_s", "step_s", "peak_memory_mb")
 
 def with_ratios(results: Iterable[dict], baseline: str = "milenas") -> Iterator[dict]:
   """Adds `<key>_vs_<baseline>` ratios to results of the baseline's configuration,
-  order, oneDNN and Grappler settings, replica count and round.
+  order, settings, replica and worker counts and round.
 
   A result gets ratios once the baseline method's result of the same configuration,
-  order, oneDNN and Grappler settings, replica count and round (`in_rounds`) has gone
-  by (jobs list it first when it is asked for).
+  order, oneDNN, Grappler and batch-norm settings, replica and worker counts and round
+  (`in_rounds`) has gone by (jobs list it first when it is asked for).
   """
   base = {}
   for result in results:
     key = (result.get("config"), result.get("order"), result.get("onednn"),
            result.get("remapping"), result.get("graph_optimizer"), result.get("devices"),
-           result.get("workers"), result.get("communicate"), result.get("round"))
+           result.get("workers"), result.get("communicate"), result.get("sync_batch_norm"),
+           result.get("round"))
     if result.get("method") == baseline and "error" not in result:
       base[key] = result
     if key in base and "error" not in result:
@@ -155,13 +156,15 @@ def with_settings(jobs: Iterable[dict], key: str, settings: Iterable[str]) -> li
 
   Keys: "onednn", one of "on", "off" (`TF_ENABLE_ONEDNN_OPTS` of the child
   process) or "default" (the variable as in this process); "remapping", one of
-  `graph_options.REMAPPING`; "graph_optimizer", one of `graph_options.GRAPH_OPTIMIZER`.
+  `graph_options.REMAPPING`; "graph_optimizer", one of `graph_options.GRAPH_OPTIMIZER`;
+  "sync_batch_norm", "on" or "off" (search and training jobs only).
 
   Raises:
     UserInputError: for an unknown key or setting.
   """
   allowed = {"onednn": tuple(ONEDNN_SETTINGS), "remapping": graph_options.REMAPPING,
-             "graph_optimizer": graph_options.GRAPH_OPTIMIZER}
+             "graph_optimizer": graph_options.GRAPH_OPTIMIZER,
+             "sync_batch_norm": ("on", "off")}
   validation.check_choice("benchmark setting", key, allowed)
   settings = [validation.check_choice(f"{key} setting", s, allowed[key]) for s in settings]
   return [{**job, key: setting} for setting in settings for job in jobs]
@@ -185,8 +188,8 @@ def in_rounds(jobs: Iterable[dict], rounds: int) -> list[dict]:
 def run(jobs: Iterable[dict], timeout_s: float = 1800) -> Iterator[dict]:
   """Runs each job (kwargs of `search_step`, of `train_step` with
   `benchmark="train_step"` or of `serving_latency` with `benchmark="serving"`, and
-  optionally `onednn`, `remapping` and `graph_optimizer` of `with_settings` and
-  `round` of `in_rounds`) in a fresh process.
+  optionally `onednn`, `remapping`, `graph_optimizer` and `sync_batch_norm` of
+  `with_settings` and `round` of `in_rounds`) in a fresh process.
 
   Yields:
     The result dict of each job, or a dict with an "error" key.

@@ -442,12 +442,14 @@ def build_search_model(num_classes: int, input_shape: tuple[int, int, int], *,
                        arch_weight_decay: float = 1e-3, lambda_train: float = 1.0,
                        lambda_val: float = 1.0, hessian: str = "finite_difference",
                        virtual_step: str = "sgd", gumbel_tau_max: float = 10.0,
-                       gumbel_tau_min: float = 0.1) -> SearchModel:
+                       gumbel_tau_min: float = 0.1,
+                       sync_batch_norm: bool = True) -> SearchModel:
   """A compiled, built `SearchModel` with the reference optimisers (DESIGN.md §3).
 
   The methods of `update_rules.GUMBEL_METHODS` get a Gumbel-sampling network whose
   temperature falls linearly from `gumbel_tau_max` (first epoch) to
-  `gumbel_tau_min` (last epoch).
+  `gumbel_tau_min` (last epoch). `sync_batch_norm` is the network's (global-batch
+  statistics under several replicas).
 
   Build it inside a distribution strategy's scope when one is used.
 
@@ -460,7 +462,8 @@ def build_search_model(num_classes: int, input_shape: tuple[int, int, int], *,
                                              steps_per_epoch)
   network = SearchNetwork(num_classes, init_channels, num_cells,
                           mixed_op="softmax" if temperature is None else "gumbel",
-                          gumbel_temperature=gumbel_tau_max, name="search_network")
+                          gumbel_temperature=gumbel_tau_max,
+                          sync_batch_norm=sync_batch_norm, name="search_network")
   model = SearchModel(network, method=method, order=order, lambda_train=lambda_train,
                       lambda_val=lambda_val, weight_decay=weight_decay,
                       arch_weight_decay=arch_weight_decay, grad_clip=grad_clip,

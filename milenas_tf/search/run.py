@@ -101,7 +101,7 @@ class SearchTask(driver.Task):
         arch_weight_decay=config.arch_weight_decay, lambda_train=config.lambda_train,
         lambda_val=config.lambda_val, hessian=config.hessian,
         virtual_step=config.virtual_step, gumbel_tau_max=config.gumbel_tau_max,
-        gumbel_tau_min=config.gumbel_tau_min)
+        gumbel_tau_min=config.gumbel_tau_min, sync_batch_norm=config.sync_batch_norm)
 
   def _early_stop(self) -> tuple[int, int] | None:
     config = self.config

@@ -60,6 +60,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.label_smoothing = 0.0
   # Distribution (milenas_tf/core/distribution.py); batch_size is the global batch.
   config.distribution = "auto"        # auto | default | mirrored | multi_worker | /gpu:0,/gpu:1
+  # Several replicas: batch norm with the global batch's statistics, so that a step equals
+  # one device's on the global batch; False: each replica's own (PyTorch DataParallel's),
+  # without the all-reduce every batch norm costs (docs/distributed.md).
+  config.sync_batch_norm = True
   # Several workers: the run stops when no step finishes for this long (0: waits for ever).
   config.worker_timeout_s = 600.0
   config.scale_learning_rate = False  # learning_rate * batch_size / base_batch_size

@@ -139,7 +139,8 @@ def build_train_model(config: ml_collections.ConfigDict, info: datasets.DatasetI
     network = networks.build_network(
         config.genotype, config.setting, config.init_channels, config.num_cells,
         auxiliary=config.auxiliary, num_classes=info.num_classes,
-        input_shape=info.image_shape, name="network")
+        input_shape=info.image_shape, sync_batch_norm=config.sync_batch_norm,
+        name="network")
     model = TrainModel(network, config.auxiliary_weight, config.label_smoothing,
                        config.weight_decay, config.grad_clip)
   if config.mult_add_budget:
