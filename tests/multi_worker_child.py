@@ -5,7 +5,7 @@
 Run under `core.launch` (with `TF_CONFIG`: distribution "multi_worker") or alone
 (distribution "default"). Options (JSON): kind ("search" or "train"), output_dir,
 record (a path prefix: the final alpha and weights go to `<record><worker>.npz`),
-method, epochs, float64, die_at_epoch and die_worker (that worker SIGKILLs itself at
+method, epochs, limit, float64, eager (steps run op by op, not traced), die_at_epoch and die_worker (that worker SIGKILLs itself at
 the start of that epoch's second step, or with hang set sleeps there for an hour, alive
 and sending heartbeats; it writes the time to `<record>died`), worker_timeout_s (the
 configuration's), stop_after (epochs; the run stops there and can be resumed).
@@ -21,6 +21,7 @@ from milenas_tf.core import cli  # pylint: disable=unused-import  # as the scrip
 
 import keras  # pylint: disable=g-import-not-at-top,wrong-import-order
 import numpy as np
+import tensorflow as tf
 
 OPTIONS = json.loads(sys.argv[1])
 if OPTIONS.get("float64"):
@@ -54,6 +55,9 @@ class Control(keras.callbacks.Callback):
       os.kill(os.getpid(), signal.SIGKILL)
 
   def on_train_begin(self, logs=None):
+    # The steps only: the driver's checks before and after use all_gather, which
+    # has no eager form.
+    tf.config.run_functions_eagerly(bool(OPTIONS.get("eager")))
     np.savez(f"{OPTIONS['record']}{worker_index()}_start.npz", **variables(self.model))
 
   def on_epoch_begin(self, epoch, logs=None):
@@ -67,6 +71,7 @@ class Control(keras.callbacks.Callback):
       self.model.stop_training = True
 
   def on_train_end(self, logs=None):
+    tf.config.run_functions_eagerly(False)
     np.savez(f"{OPTIONS['record']}{worker_index()}.npz", **variables(self.model),
              losses=np.array(getattr(self, "losses", [])))
 
@@ -83,7 +88,7 @@ def variables(model) -> dict:
 def main() -> None:
   kind = OPTIONS["kind"]
   config = (search_config if kind == "search" else train_config).default_config()
-  config.update(dataset="fashion_mnist", limit=64, batch_size=16,
+  config.update(dataset="fashion_mnist", limit=OPTIONS.get("limit", 64), batch_size=16,
                 epochs=OPTIONS.get("epochs", 2), init_channels=4, num_cells=3,
                 distribution="multi_worker" if "TF_CONFIG" in os.environ else "default")
   if "worker_timeout_s" in OPTIONS:
