@@ -5,10 +5,11 @@
 Run under `core.launch` (with `TF_CONFIG`: distribution "multi_worker") or alone
 (distribution "default"). Options (JSON): kind ("search" or "train"), output_dir,
 record (a path prefix: the final alpha and weights go to `<record><worker>.npz`),
-method, epochs, limit, float64, eager (steps run op by op, not traced), die_at_epoch and die_worker (that worker SIGKILLs itself at
-the start of that epoch's second step, or with hang set sleeps there for an hour, alive
-and sending heartbeats; it writes the time to `<record>died`), worker_timeout_s (the
-configuration's), stop_after (epochs; the run stops there and can be resumed).
+method, epochs, limit, float64, eager (the steps run op by op, not traced),
+die_at_epoch and die_worker (that worker SIGKILLs itself at the start of that epoch's
+second step, or with hang set sleeps there for an hour, alive and sending heartbeats;
+it writes the time to `<record>died`), worker_timeout_s (the configuration's),
+stop_after (epochs; the run stops there and can be resumed).
 """
 
 import json
