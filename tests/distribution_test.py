@@ -50,27 +50,25 @@ CHILD = textwrap.dedent("""
       uneven = str(error)
     # Global-batch statistics of channels with a large mean and a small spread.
     bn_x = (100.0 + 0.01 * rng.normal(size=(8, 4, 4, 2))).astype("float32")
-    with two_devices.scope():
-      stats = [keras.Variable(np.full(2, v, "float32"), trainable=False) for v in (0.0, 1.0)]
-    halves = two_devices.experimental_distribute_values_from_function(
-        lambda context: bn_x[4 * context.replica_id_in_sync_group:][:4])
-    normalized = two_devices.run(
-        tf.function(lambda v: kernels.batch_norm(v, *stats, training=True)), args=(halves,))
-    normalized = np.concatenate(
-        [t.numpy() for t in two_devices.experimental_local_results(normalized)])
+
+    def two_replica_batch_norm(dtype):
+      with two_devices.scope():
+        stats = [keras.Variable(np.full(2, v), trainable=False, dtype=dtype)
+                 for v in (0.0, 1.0)]
+      x = bn_x.astype(dtype)
+      halves = two_devices.experimental_distribute_values_from_function(
+          lambda context: x[4 * context.replica_id_in_sync_group:][:4])
+      normalized = two_devices.run(
+          tf.function(lambda v: kernels.batch_norm(v, *stats, training=True)),
+          args=(halves,))
+      return np.concatenate(
+          [t.numpy() for t in two_devices.experimental_local_results(normalized)])
+
+    normalized = two_replica_batch_norm("float32")
+    # The same in float64: computed in float64 throughout.
+    normalized64 = two_replica_batch_norm("float64")
     x64 = bn_x.astype("float64")
     expected = (x64 - x64.mean((0, 1, 2))) / np.sqrt(x64.var((0, 1, 2)) + 1e-5)
-    # The same in float64: computed in float64 throughout.
-    with two_devices.scope():
-      stats64 = [keras.Variable(np.full(2, v), trainable=False, dtype="float64")
-                 for v in (0.0, 1.0)]
-    halves64 = two_devices.experimental_distribute_values_from_function(
-        lambda context: x64[4 * context.replica_id_in_sync_group:][:4])
-    normalized64 = two_devices.run(
-        tf.function(lambda v: kernels.batch_norm(v, *stats64, training=True)),
-        args=(halves64,))
-    normalized64 = np.concatenate(
-        [t.numpy() for t in two_devices.experimental_local_results(normalized64)])
     config = train_config.default_config()  # a whole run, under two replicas
     config.update(dataset="fashion_mnist", setting="fashion_mnist", limit=256,
                   batch_size=32, epochs=1, init_channels=4, num_cells=3,
