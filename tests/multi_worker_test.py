@@ -101,18 +101,24 @@ def test_two_workers_follow_one_process_on_the_same_global_batches(searches):
   start = load(root / "one_0_start.npz")
   np.testing.assert_array_equal(load(root / "two_0_start.npz")["w0"], start["w0"])
   np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-12)
-  alphas = [k for k in one if k.startswith("a")]
-  weights = [k for k in one if k.startswith("w")]
-  step = search_config.default_config().arch_learning_rate  # Adam's first moves
   # float64 rounding apart (measured 1e-13 of a step; 2e-15 relative for w). Other
   # batches, a missing all-reduce or a part computed in float32 (batch norm's global
   # statistics were, once: 3e-7 in the first loss) move alpha by parts of a step.
-  assert max(float(np.abs(one[k] - two[k]).max()) for k in alphas) < 1e-8 * step
-  assert max(float(np.abs(one[k] - start[k]).max()) for k in alphas) > step / 2
-  for k in weights:
-    np.testing.assert_allclose(two[k], one[k], rtol=1e-9, atol=1e-9 * np.abs(one[k]).max())
+  assert_same_search(one, two, start)
+  weights = [k for k in one if k.startswith("w")]
   assert max(float(np.abs(one[k] - start[k]).max()) for k in weights if k in start) > 1e-3
   assert searches["one"][0]["genotype"] == searches["two"][0]["genotype"]
+
+
+def assert_same_search(one: dict, two: dict, start: dict) -> None:
+  """Alpha moved by Adam's first steps, and both runs' alpha and w agree to float64
+  rounding."""
+  step = search_config.default_config().arch_learning_rate  # Adam's first moves
+  alphas = [k for k in one if k.startswith("a")]
+  assert max(float(np.abs(one[k] - start[k]).max()) for k in alphas) > step / 2
+  assert max(float(np.abs(one[k] - two[k]).max()) for k in alphas) < 1e-8 * step
+  for k in (k for k in one if k.startswith("w")):
+    np.testing.assert_allclose(two[k], one[k], rtol=1e-9, atol=1e-9 * np.abs(one[k]).max())
 
 
 @pytest.fixture(scope="module")
@@ -138,12 +144,7 @@ def test_a_second_order_step_on_two_workers_equals_one_process(second_order):
   # rounding (measured: alpha 1e-15 of its step, w within 1e-13).
   root = second_order["root"]
   one, two, start = (load(root / f"{name}.npz") for name in ("one_0", "two_0", "one_0_start"))
-  step = search_config.default_config().arch_learning_rate
-  alphas = [k for k in one if k.startswith("a")]
-  assert max(float(np.abs(one[k] - start[k]).max()) for k in alphas) > step / 2
-  assert max(float(np.abs(one[k] - two[k]).max()) for k in alphas) < 1e-8 * step
-  for k in (k for k in one if k.startswith("w")):
-    np.testing.assert_allclose(two[k], one[k], rtol=1e-9, atol=1e-9 * np.abs(one[k]).max())
+  assert_same_search(one, two, start)
   np.testing.assert_array_equal(two["w0"], load(root / "two_1.npz")["w0"])
   assert second_order["one"][0]["genotype"] == second_order["two"][0]["genotype"]
   assert second_order["two"][0]["genotype"] == second_order["two"][1]["genotype"]
